@@ -1,0 +1,1 @@
+"""The operator side: broker, registry, scheduler, verifier, ledger and settlement."""

@@ -1,0 +1,1 @@
+"""Hardware abstraction: one read of a device's power, thermal, throttling and network state."""

