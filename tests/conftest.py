@@ -8,6 +8,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Fixtures for a real Mosquitto on ephemeral loopback ports.
+pytest_plugins = ["tests.mqtt_fixtures"]
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 
