@@ -1,0 +1,1 @@
+"""Measured claims: each benchmark prints one JSON object as its last line."""
