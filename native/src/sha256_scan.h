@@ -1,0 +1,78 @@
+#ifndef EDGE_SHA256_SCAN_H
+#define EDGE_SHA256_SCAN_H
+/* Internals shared by the SHA-256 search paths (portable, x86 SHA-NI, ARMv8 SHA2). */
+#include <stdint.h>
+
+/* One search call, prepared once: the prefix's full 64-byte blocks are folded into `mid`;
+ * `tail` holds the prefix remainder, an 8-byte nonce slot at `nonce_off`, the 0x80 pad and
+ * the bit length, in `nblocks` (1 or 2) blocks. Only the nonce slot changes per nonce. */
+typedef struct {
+    uint32_t mid[8];
+    uint8_t tail[128];
+    unsigned nonce_off;
+    unsigned nblocks;
+    uint32_t target[8]; /* big-endian words, so word-wise < is bytewise < */
+} sha256_job;
+
+/* The running answer (the kernel's resumable state, unpacked). */
+typedef struct {
+    uint64_t *found;
+    uint32_t n_found;
+    uint32_t max_found;
+    uint64_t found_total;
+    uint32_t best[8];
+    uint64_t best_nonce;
+} sha256_tally;
+
+extern const uint32_t sha256_k[64];
+
+static inline void sha256_put_nonce(uint8_t *p, uint64_t nonce)
+{
+    for (int i = 0; i < 8; i++) {
+        p[i] = (uint8_t)(nonce >> (8 * i));
+    }
+}
+
+static inline int sha256_words_lt(const uint32_t *a, const uint32_t *b)
+{
+    for (int i = 0; i < 8; i++) {
+        if (a[i] != b[i]) {
+            return a[i] < b[i];
+        }
+    }
+    return 0;
+}
+
+/* Cheapest rejection first: most hashes lose on the first word against both bounds. */
+static inline int sha256_may_count(const sha256_job *job, const sha256_tally *t, uint32_t h0)
+{
+    return h0 <= job->target[0] || h0 <= t->best[0];
+}
+
+static inline void sha256_tally_add(const sha256_job *job, sha256_tally *t, const uint32_t *h,
+                                    uint64_t nonce)
+{
+    if (sha256_words_lt(h, job->target)) {
+        t->found_total++;
+        if (t->n_found < t->max_found) {
+            t->found[t->n_found++] = nonce;
+        }
+    }
+    if (sha256_words_lt(h, t->best)) {
+        for (int i = 0; i < 8; i++) {
+            t->best[i] = h[i];
+        }
+        t->best_nonce = nonce;
+    }
+}
+
+/* Each path hashes nonces first .. first + n - 1 (n >= 1, no wrap) into the tally. */
+void sha256_scan_portable(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
+void sha256_compress_portable(uint32_t state[8], const uint8_t block[64]);
+#if defined(__x86_64__) && defined(__GNUC__)
+void sha256_scan_shani(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
+#endif
+#if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__)
+void sha256_scan_armv8(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
+#endif
+#endif
