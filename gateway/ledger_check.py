@@ -1,0 +1,80 @@
+"""The ledger's invariants, recomputed from its rows: what tests and operators run to prove that
+no transition (or crash in the middle of one) left the file inconsistent. Each check is one
+set-based pass (GROUP BY, then compare), so checking a ledger of 20,000 tasks takes well under a
+second."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.ledger_tx import JOB_COUNTERS
+
+
+def _differs(pairs: list[tuple[str, str]]) -> str:
+    return " OR ".join(f"{stored} != coalesce({counted}, 0)" for stored, counted in pairs)
+
+
+_TASK_COUNTS = ", ".join(f"sum(state = '{state}') AS {column}" for state, column in
+                         JOB_COUNTERS.items())
+_RESULT_STATUSES = ("accepted", "replica", "rejected")
+
+# Each query returns the rows that break one invariant; its name says which.
+_INVARIANTS = {
+    "job counters equal its tasks' states": (
+        f"WITH c AS (SELECT job_id, {_TASK_COUNTS}, sum(work_units) AS units_total, "
+        "sum(CASE state WHEN 'done' THEN work_units ELSE 0 END) AS units_done "
+        "FROM tasks GROUP BY job_id) "
+        "SELECT j.id FROM jobs AS j LEFT JOIN c ON c.job_id = j.id WHERE "
+        + _differs([(f"j.{col}", f"c.{col}") for col in (*JOB_COUNTERS.values(),
+                                                         "units_total", "units_done")])
+    ),
+    "a leased task has exactly one active lease": (
+        "WITH a AS (SELECT task_id, count(*) AS n FROM leases WHERE state = 'active' "
+        "GROUP BY task_id) "
+        "SELECT t.id FROM tasks AS t LEFT JOIN a ON a.task_id = t.id "
+        "WHERE (t.state = 'leased') != (coalesce(a.n, 0) = 1)"
+    ),
+    "a done task points at an accepted result of its own": (
+        "SELECT t.id FROM tasks AS t LEFT JOIN results AS r ON r.id = t.result_id "
+        "WHERE (t.state = 'done') != (r.id IS NOT NULL AND r.task_id = t.id "
+        "AND r.status = 'accepted' AND r.result_hash = t.result_hash)"
+    ),
+    "a task has at most one accepted result": (
+        "SELECT task_id FROM results WHERE status = 'accepted' "
+        "GROUP BY task_id HAVING count(*) > 1"
+    ),
+    "a result comes from its lease's device and task": (
+        "SELECT r.id FROM results AS r JOIN leases AS l ON l.id = r.lease_id "
+        "WHERE l.device_id != r.device_id OR l.task_id != r.task_id"
+    ),
+    "device counters equal its leases and results": (
+        "WITH l AS (SELECT device_id, count(*) AS n_leased, "
+        "sum(state = 'expired') AS n_expired FROM leases GROUP BY device_id), "
+        "r AS (SELECT r.device_id, "
+        + "".join(f"sum(r.status = '{s}') AS n_{s}, " for s in _RESULT_STATUSES)
+        + "sum(CASE r.status WHEN 'accepted' THEN l.work_units ELSE 0 END) AS units_accepted "
+        "FROM results AS r JOIN leases AS l ON l.id = r.lease_id GROUP BY r.device_id) "
+        "SELECT d.id FROM devices AS d LEFT JOIN l ON l.device_id = d.id "
+        "LEFT JOIN r ON r.device_id = d.id WHERE "
+        + _differs([("d.n_leased", "l.n_leased"), ("d.n_expired", "l.n_expired"),
+                    ("d.units_accepted", "r.units_accepted")]
+                   + [(f"d.n_{s}", f"r.n_{s}") for s in _RESULT_STATUSES])
+    ),
+    "a task is failed only after max_attempts": (
+        "SELECT id FROM tasks WHERE state = 'failed' AND attempts < max_attempts"
+    ),
+}
+
+
+def problems(conn: sqlite3.Connection) -> list[str]:
+    found: list[str] = []
+    integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    if integrity != ["ok"]:
+        found.append(f"integrity_check: {integrity[:5]}")
+    if conn.execute("PRAGMA foreign_key_check").fetchall():
+        found.append("foreign_key_check found dangling references")
+    for name, sql in _INVARIANTS.items():
+        bad = [row[0] for row in conn.execute(sql).fetchmany(5)]
+        if bad:
+            found.append(f"{name}: broken for {bad}")
+    return found

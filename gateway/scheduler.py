@@ -1,0 +1,322 @@
+"""Lease policy on top of the ledger: who may pull which tasks, for how long, which results count.
+
+Pull-based: a fit device asks for up to ``n`` tasks and ``seconds`` of work; the scheduler picks
+tasks fairly across jobs (stride scheduling on work units / weight, see docs/LEDGER.md), sized by
+the device's measured speed, each with a deadline. Expired leases go back to the queue until a
+task's attempts run out (AWS IoT Jobs-style retry limit). Every call is one ledger transaction and
+takes ``now`` from the caller. SQL stays in the ledger modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from edge_agent.core import cbor
+from gateway.ledger import Ledger
+from gateway.ledger_tx import LedgerTx, TaskRow
+
+# Result statuses.
+ACCEPTED = "accepted"  # counted: the task's result
+REPLICA = "replica"  # stored, not counted: the task was already done by another lease
+REJECTED = "rejected"
+
+# Codes: docs/PROTOCOL.md's error codes where one exists.
+OK = "ok"
+UNKNOWN_DEVICE = "unknown_device"
+UNKNOWN_TASK = "unknown_task"  # no such lease
+NOT_YOUR_LEASE = "not_your_lease"
+LEASE_EXPIRED = "lease_expired"  # late, and the task has failed meanwhile
+TASK_ALREADY_DONE = "task_already_done"
+TASK_CANCELED = "task_canceled"
+BAD_RESULT_HASH = "bad_result_hash"  # result bytes do not hash to the receipt's hash
+LATE = "late"  # accepted although its lease had expired (BOINC accepts late results too)
+# Why a pull got nothing (besides unknown_device and the device's own unfitness reason).
+NO_STATE = "no_state"
+OFFLINE = "offline"
+BAD_STATE = "bad_state"
+NOT_FIT = "not_fit"
+NO_WORK = "no_work"
+TOO_SLOW = "too_slow"  # work exists, but no task fits in the seconds asked for
+BUSY = "busy"  # the device already holds max_active_per_device leases
+
+# Conservative speeds (work units per second) for a device that has not returned a result of a
+# kernel yet: the pure-Python twins on a Raspberry Pi 4 class core, roughly a fifth of the CPython
+# speeds measured on this machine (REFERENCE.md). Slow guesses give short first pulls with long
+# deadlines; the device's measured speed replaces them after its first result.
+DEFAULT_UNITS_PER_S: Mapping[str, float] = {
+    "montecarlo_pi": 50_000.0,  # points
+    "gemm_i8": 5_000_000.0,  # multiply-accumulates
+    "sha256_search": 100_000.0,  # hashes
+}
+# A reason copied from a device's document is stored and may be echoed: a short code or nothing.
+_REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    safety_factor: float = 2.0  # deadline = estimate x this + slack
+    unknown_speed_factor: float = 4.0  # extra factor while the speed is a default guess
+    slack_s: float = 30.0  # network and queueing on top of compute time
+    min_lease_s: float = 60.0
+    max_lease_s: float = 6 * 3600.0
+    max_tasks_per_pull: int = 32
+    max_active_per_device: int = 64
+    unknown_speed_max_tasks: int = 1  # per kernel and pull, until the device has a measured speed
+    default_units_per_s: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_UNITS_PER_S)
+    )
+    fallback_units_per_s: float = 100_000.0  # a kernel missing from default_units_per_s
+    speed_alpha: float = 0.3  # EWMA weight of the newest speed sample
+    min_elapsed_s: float = 0.001
+    expire_batch: int = 500  # leases expired per transaction, so the write lock stays short
+
+
+@dataclass(frozen=True)
+class Fitness:
+    fit: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: bytes
+    task_id: int
+    job_id: int
+    stage: int
+    idx: int
+    kernel: str
+    params_cbor: bytes
+    work_units: int
+    issued_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class LeaseReply:
+    leases: tuple[Lease, ...]
+    reason: str  # OK when leases were granted, else why none were
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ACCEPTED, REPLICA or REJECTED
+    code: str | None  # why rejected or replica; LATE for a late accepted result
+    duplicate: bool = False  # this lease's result was already stored: the original outcome
+    task_id: int | None = None  # None when the caller must not learn it (not its lease)
+    job_id: int | None = None
+    stage_completed: int | None = None  # this result finished the last open task of a stage
+    job_state: str | None = None
+
+
+@dataclass(frozen=True)
+class Expiry:
+    lease_id: bytes
+    task_id: int
+    device_id: str
+    task_state: str  # "queued" (will be retried) or "failed" (attempts used up)
+
+
+def fitness(state_cbor: bytes) -> Fitness:
+    """A device is fit when its last state document says the governor decided to run.
+
+    The document is a CBOR map; this reads ``offline`` (the last will), ``decision``
+    (run/pause/stop) and ``reason`` (the governor's reason code)."""
+    try:
+        doc = cbor.loads(state_cbor)
+    except ValueError:
+        return Fitness(False, BAD_STATE)
+    if not isinstance(doc, dict):
+        return Fitness(False, BAD_STATE)
+    if doc.get("offline") is True:
+        return Fitness(False, OFFLINE)
+    if doc.get("decision") == "run":
+        return Fitness(True, OK)
+    reason = doc.get("reason")
+    if isinstance(reason, str) and reason != OK and _REASON_CODE.fullmatch(reason):
+        return Fitness(False, reason)
+    return Fitness(False, NOT_FIT)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: SchedulerConfig | None = None,
+        on_stage_complete: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """``on_stage_complete(job_id, stage)`` runs after the commit of the result that
+        completed a stage of a job with more stages (the jobs layer inserts the next stage).
+        A crash can fall between the two: ``Ledger.pending_stages()`` lists what is owed."""
+        self.ledger = ledger
+        self.config = config or SchedulerConfig()
+        self.on_stage_complete = on_stage_complete
+
+    def report_state(self, device_id: str, state_cbor: bytes, now: float) -> Fitness | None:
+        """Store a state document; None when the device is unknown or the state is stale."""
+        fit = fitness(state_cbor)
+        stored = self.ledger.record_state(device_id, state_cbor, fit.fit, fit.reason, now)
+        return fit if stored else None
+
+    def _speed(self, speeds: Mapping[str, float], kernel: str) -> tuple[float, bool]:
+        """(units per second, measured?) of the device on a kernel."""
+        if kernel in speeds:
+            return speeds[kernel], True
+        cfg = self.config
+        return cfg.default_units_per_s.get(kernel, cfg.fallback_units_per_s), False
+
+    def _deadline(self, now: float, planned_s: float, measured: bool) -> float:
+        cfg = self.config
+        factor = cfg.safety_factor * (1.0 if measured else cfg.unknown_speed_factor)
+        span = planned_s * factor + cfg.slack_s
+        return now + min(max(span, cfg.min_lease_s), cfg.max_lease_s)
+
+    def lease(self, device_id: str, n: int, seconds: float, now: float) -> LeaseReply:
+        """Up to ``n`` tasks whose estimated run times, one after another, fit in ``seconds``.
+        A task's deadline covers the estimated time of the tasks before it in the same reply."""
+        cfg = self.config
+        with self.ledger.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                return LeaseReply((), UNKNOWN_DEVICE)
+            if not device.fit:
+                return LeaseReply((), device.fit_reason)
+            room = min(n, cfg.max_tasks_per_pull,
+                       cfg.max_active_per_device - tx.active_lease_count(device_id))
+            if room <= 0:
+                return LeaseReply((), BUSY if n > 0 else NO_WORK)
+            speeds = tx.speeds(device_id)
+            guessed: dict[str, int] = {}  # tasks per kernel leased on a default speed
+            skipped: set[int] = set()  # jobs whose next task does not fit
+            planned_s = 0.0
+            leases: list[Lease] = []
+            while len(leases) < room:
+                job_id = tx.next_job(skipped)
+                if job_id is None:
+                    break
+                task = tx.next_task(job_id)
+                assert task is not None  # next_job only returns jobs with queued tasks
+                speed, measured = self._speed(speeds, task.kernel)
+                estimate = task.work_units / speed
+                probes = guessed.get(task.kernel, 0)
+                if planned_s + estimate > seconds or (
+                    not measured and probes >= cfg.unknown_speed_max_tasks
+                ):
+                    skipped.add(job_id)
+                    continue
+                if not measured:
+                    guessed[task.kernel] = probes + 1
+                planned_s += estimate
+                leases.append(self._grant(tx, task, device_id, now,
+                                          self._deadline(now, planned_s, measured)))
+        if leases:
+            return LeaseReply(tuple(leases), OK)
+        return LeaseReply((), TOO_SLOW if skipped else NO_WORK)
+
+    @staticmethod
+    def _grant(tx: LedgerTx, task: TaskRow, device_id: str, now: float, deadline: float) -> Lease:
+        # Random, not a counter: a lease id names one lease for ever, across gateway workers and
+        # after a restore from backup, so an old receipt can never match a newer lease.
+        lease_id = secrets.token_bytes(16)
+        tx.lease_task(task, device_id, lease_id, now, deadline)
+        return Lease(lease_id, task.id, task.job_id, task.stage, task.idx, task.kernel,
+                     task.params_cbor, task.work_units, now, deadline)
+
+    def complete(  # noqa: PLR0917 - the wire's fields, in the receipt's order
+        self,
+        lease_id: bytes,
+        device_id: str,
+        result_hash: bytes,
+        result_cbor: bytes,
+        receipt: bytes,
+        now: float,
+    ) -> Outcome:
+        """Record a result. A retry of a stored result changes nothing and answers the original
+        outcome (``duplicate``); see docs/LEDGER.md for late and redundant results."""
+        with self.ledger.transaction() as tx:
+            lease = tx.lease(lease_id)
+            if lease is None:
+                tx.event(UNKNOWN_TASK, now, device_id=device_id, lease_id=lease_id[:16])
+                return Outcome(REJECTED, UNKNOWN_TASK)
+            if lease.device_id != device_id:
+                tx.event(NOT_YOUR_LEASE, now, device_id=device_id, lease_id=lease_id)
+                return Outcome(REJECTED, NOT_YOUR_LEASE)
+            prior = tx.result_for_lease(lease_id)
+            if prior is not None:
+                if prior.result_hash != result_hash:
+                    tx.event("conflicting_duplicate", now, device_id=device_id,
+                             task_id=lease.task_id, lease_id=lease_id)
+                return Outcome(prior.status, prior.code, True, lease.task_id, lease.job_id)
+            if hashlib.sha256(result_cbor).digest() != result_hash:
+                # Not stored: a corrected retry of the same lease may still be accepted.
+                tx.event(BAD_RESULT_HASH, now, device_id=device_id, lease_id=lease_id)
+                return Outcome(REJECTED, BAD_RESULT_HASH, False, lease.task_id, lease.job_id)
+            task = tx.task(lease.task_id)
+            on_time = lease.state == "active" and now <= lease.deadline
+            status, code = _judge(task.state, on_time)
+            device = tx.device(device_id)
+            assert device is not None  # the lease references it
+            result_id = tx.insert_result(lease, result_hash=result_hash, result_cbor=result_cbor,
+                                         receipt=receipt, now=now, status=status, code=code)
+            if status != REJECTED:
+                # Throughput, not latency: tasks pulled together run one after another, so a
+                # task's time starts when the device's previous result arrived, if later. A late
+                # result counts as taking the lease's whole span: a device that was offline for
+                # hours is not judged by that, while a device slower than its estimate still
+                # sees its estimate fall each round until its results come in on time.
+                started = max(lease.issued_at, device.last_result_at or lease.issued_at)
+                elapsed = min(now - started, lease.deadline - lease.issued_at)
+                elapsed = max(elapsed, self.config.min_elapsed_s)
+                tx.update_speed(device_id, task.kernel, lease.work_units / elapsed,
+                                self.config.speed_alpha, now)
+            if status != ACCEPTED:
+                return Outcome(status, code, False, task.id, task.job_id)
+            finish = tx.finish_task(task, lease_id, result_id, result_hash, now)
+        stage = finish.stage if finish.stage_complete else None
+        if stage is not None and finish.job_state == "running" and self.on_stage_complete:
+            self.on_stage_complete(finish.job_id, stage)
+        return Outcome(ACCEPTED, code, False, task.id, task.job_id, stage, finish.job_state)
+
+    def release(self, lease_id: bytes, device_id: str, now: float) -> bool:
+        """The device gives a task back unfinished (its governor said stop): the task is
+        queued again without counting an attempt. False if it was not this device's active
+        lease."""
+        with self.ledger.transaction() as tx:
+            lease = tx.lease(lease_id)
+            if lease is None or lease.device_id != device_id or lease.state != "active":
+                return False
+            tx.end_lease(lease, "released", now)
+        return True
+
+    def expire(self, now: float) -> list[Expiry]:
+        """End every active lease past its deadline: its task is queued again with one more
+        attempt, or fails (and its job with it) once max_attempts attempts have expired."""
+        expired: list[Expiry] = []
+        while True:
+            with self.ledger.transaction() as tx:
+                batch = tx.overdue_leases(now, self.config.expire_batch)
+                for lease in batch:
+                    current = tx.lease(lease.id)  # failing a job releases its other leases
+                    if current is None or current.state != "active":
+                        continue
+                    task_state = tx.end_lease(lease, "expired", now)
+                    if task_state == "failed":
+                        tx.event("task_failed", now, device_id=lease.device_id,
+                                 job_id=lease.job_id, task_id=lease.task_id)
+                    expired.append(Expiry(lease.id, lease.task_id, lease.device_id, task_state))
+            if len(batch) < self.config.expire_batch:
+                return expired
+
+
+def _judge(task_state: str, on_time: bool) -> tuple[str, str | None]:
+    """Status and code of a result from the lease's own device, given its task's state."""
+    if task_state == "done":
+        return REPLICA, TASK_ALREADY_DONE
+    if task_state == "canceled":
+        return REJECTED, TASK_CANCELED
+    if task_state == "failed":
+        return REJECTED, LEASE_EXPIRED
+    return ACCEPTED, None if on_time else LATE
