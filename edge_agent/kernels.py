@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import Any, Literal
 
@@ -19,21 +20,22 @@ Backend = Literal["c", "python"]
 BACKENDS: tuple[Backend, ...] = ("c", "python")
 
 log = logging.getLogger(__name__)
-_warned_fallback = False
 
 
 def names() -> list[str]:
     return sorted(core_kernels.REGISTRY)
 
 
+@functools.cache
+def _warn_fallback() -> None:
+    log.warning("C kernels not built or stale; using the Python twins (much slower)")
+
+
 def _resolve_backend(backend: str) -> Backend:
-    global _warned_fallback
     if backend not in BACKENDS:
         raise KernelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "c" and not native.AVAILABLE:
-        if not _warned_fallback:
-            log.warning("C kernels not built or stale; using the Python twins (much slower)")
-            _warned_fallback = True
+        _warn_fallback()
         return "python"
     return "c" if backend == "c" else "python"
 
@@ -89,7 +91,7 @@ class Execution:
 def run(
     name: str, params: dict[str, Any], backend: str = "c", chunk_units: int = 0
 ) -> dict[str, Any]:
-    """Validate ``params`` and run kernel ``name`` to the end; ``chunk_units`` > 0 runs it in chunks."""
+    """Validate ``params`` and run kernel ``name`` to the end (in chunks if ``chunk_units`` > 0)."""
     ex = Execution(name, params, backend)
     budget = chunk_units if chunk_units > 0 else ex.total_units
     while not ex.done:

@@ -22,7 +22,7 @@ def decide_once(state: DeviceState, settings: Settings | None = None) -> Decisio
     return Governor(settings).decide(state, time.monotonic(), local.tm_hour * 60 + local.tm_min)
 
 
-def _throttled(state: DeviceState) -> bool | None:
+def throttled(state: DeviceState) -> bool | None:
     """Is firmware or the OS limiting the device now? None when nothing reports it."""
     signals: list[bool] = []
     if state.pi_throttled is not None:
@@ -46,7 +46,7 @@ def report(backend: Backend, why: str, state: DeviceState, decision: Decision) -
         "battery_temp_c": None if state.battery_temp_dc is None else state.battery_temp_dc / 10,
         "hottest_zone": None if zone is None else zone.name,
         "hottest_zone_c": None if zone is None else zone.temp_mc / 1000,
-        "throttled": _throttled(state),
+        "throttled": throttled(state),
         "pi_throttled": None if state.pi_throttled is None else hex(state.pi_throttled),
         "android_thermal_status": state.android_thermal_status,
         "metered": state.metered,

@@ -22,6 +22,8 @@ TOKEN_USER_HEX_LEN = 16
 BLOB_PART = 32768  # bytes of blob data per blob_part message
 MAX_LEASES_PER_PULL = 16
 MAX_RESULT_BYTES = 65536
+MAX_CLAIM_RECEIPTS = 256  # receipt ids per claim (docs/REWARDS.md)
+MAX_PROOF_BYTES = 1024  # a settlement audit path: at most 32 hashes (trees of < 2**32 devices)
 
 # Largest payload accepted per topic kind, checked before any decoding.
 MAX_PAYLOAD = {
@@ -33,6 +35,9 @@ MAX_PAYLOAD = {
     "blob": 256,
     "claim": 16384,
     "inbox": 262144,
+    "claim_receipt": 1024,
+    "epoch": 1024,
+    "settlement": 4096,
 }
 
 # Stable error codes (the `code` of an `error` message and of ProtocolError).
@@ -227,9 +232,45 @@ SCHEMAS = {
         "at": TIME,
     },
     "error": {"code": ("enum", ERRORS), "msg": ("str", 200), "ref": ("opt", ("bytes", 0, 32))},
+    # rewards (docs/REWARDS.md)
+    "claim": {
+        "dev": ("id",),
+        "first": U64,
+        "last": U64,
+        "n": ("uint", 1, MAX_CLAIM_RECEIPTS),
+        "root": HASH,
+        "ids": ("list", HASH, MAX_CLAIM_RECEIPTS),
+        "credit": U64,
+        "at": TIME,
+    },
+    "claim_receipt": {
+        "dev": ("id",),
+        "first": U64,
+        "last": U64,
+        "root": HASH,
+        "credit": U64,
+        "status": ("enum", ("accepted", "rejected")),
+        "code": ("str", 32),
+        "at": TIME,
+    },
+    "epoch": {
+        "epoch": ("uint", 1, 0xFFFFFFFF),
+        "n": U32,
+        "root": HASH,
+        "total": U64,
+        "closed_at": TIME,
+        "prev": HASH,
+    },
+    "settlement": {
+        "epoch": ("bytes", 1, 1024),
+        "dev": ("id",),
+        "index": U32,
+        "credit": U64,
+        "path": ("bytes", 0, MAX_PROOF_BYTES),
+    },
 }
 
-SIGNED = ("enrol", "enrolled", "lease", "result", "ack")
+SIGNED = ("enrol", "enrolled", "lease", "result", "ack", "claim", "claim_receipt", "epoch")
 
 
 def _bad(msg):

@@ -1,0 +1,282 @@
+"""The agent's durable memory: the result outbox, stored acks, task checkpoints and the blob cache.
+
+One SQLite database in the state directory (``agent.sqlite3``), WAL journal, ``synchronous=FULL``:
+a commit returns only after the WAL is fsynced, so a result stored here survives a power cut
+before it is published. Why SQLite and not files with fsync + rename:
+
+* several facts change together and must change atomically: storing a result also drops its
+  checkpoint; storing an ack also clears its outbox entry. One transaction does each; with files
+  that needs a journal of our own;
+* "every unacked entry", "the least recently used blobs" are queries, not directory scans;
+* it is in the standard library and on every target (Termux, Raspberry Pi OS);
+* WAL lets the commit be one sequential append + fsync (no rollback journal, no directory fsync).
+
+The blob cache lives in the same file for the same atomicity (a blob's LRU stamp and size move
+with it); blobs are only a cache, so losing one costs a refetch, never a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+DEFAULT_BLOB_CACHE_BYTES = 64 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    lease BLOB PRIMARY KEY,        -- one result per lease
+    task BLOB NOT NULL,
+    rhash BLOB NOT NULL,
+    sealed BLOB NOT NULL,          -- the exact bytes published, republished unchanged
+    stored_at INTEGER NOT NULL,
+    refused TEXT                   -- error code when the gateway refused it; no longer re-sent
+);
+CREATE TABLE IF NOT EXISTS acks (
+    lease BLOB PRIMARY KEY,
+    task BLOB NOT NULL,
+    rhash BLOB NOT NULL,
+    status TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    credit INTEGER NOT NULL,
+    sealed BLOB NOT NULL           -- the gateway's signed ack, kept for claims
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    lease BLOB PRIMARY KEY,
+    sealed_lease BLOB NOT NULL,    -- re-verified on restart
+    deadline INTEGER NOT NULL,
+    started INTEGER NOT NULL,
+    units INTEGER NOT NULL,
+    state BLOB NOT NULL            -- CBOR of the kernel's resumable state
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    hash BLOB PRIMARY KEY,
+    data BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    used INTEGER NOT NULL          -- LRU stamp: a counter, so equal clocks cannot tie
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxEntry:
+    lease: bytes
+    task: bytes
+    rhash: bytes
+    sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredAck:
+    lease: bytes
+    task: bytes
+    rhash: bytes
+    status: str
+    seq: int
+    credit: int
+    sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    lease: bytes
+    sealed_lease: bytes
+    deadline: int
+    started: int
+    units: int
+    state: dict[str, Any]
+
+
+class Store:
+    """The agent's SQLite database. Methods are small transactions; use from one thread."""
+
+    def __init__(self, path: Path, *, blob_cache_bytes: int = DEFAULT_BLOB_CACHE_BYTES) -> None:
+        self.path = path
+        self.blob_cache_bytes = blob_cache_bytes
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def next_number(self, key: str) -> int:
+        """A durable counter (request numbers, state seq): never repeats across restarts."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, 1) "
+                "ON CONFLICT(key) DO UPDATE SET value = (value + 1) % 4294967296",
+                (key,),
+            )
+            (value,) = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(value)
+
+    # -- outbox ----------------------------------------------------------------------------------
+
+    def store_result(self, entry: OutboxEntry, now: int) -> None:
+        """Durably store a sealed result and drop its checkpoint, in one transaction."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO outbox (lease, task, rhash, sealed, stored_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (entry.lease, entry.task, entry.rhash, entry.sealed, now),
+            )
+            db.execute("DELETE FROM checkpoints WHERE lease = ?", (entry.lease,))
+
+    def unacked(self) -> list[OutboxEntry]:
+        """Entries still to (re)send, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT lease, task, rhash, sealed FROM outbox WHERE refused IS NULL "
+                "ORDER BY stored_at, rowid"
+            ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    def outbox_entry(self, lease: bytes) -> OutboxEntry | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT lease, task, rhash, sealed FROM outbox WHERE lease = ?", (lease,)
+            ).fetchone()
+        return None if row is None else OutboxEntry(*row)
+
+    def refuse(self, lease: bytes, code: str) -> bool:
+        """Mark an entry refused by the gateway: kept for the record, no longer re-sent."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE outbox SET refused = ? WHERE lease = ? AND refused IS NULL", (code, lease)
+            )
+        return cur.rowcount > 0
+
+    def store_ack(self, ack: StoredAck) -> bool:
+        """Store a verified ack and clear its outbox entry. True when the ack is for a result of
+        ours (same lease, task and result hash; pending now or acked before), else False and
+        nothing changes."""
+        with self._tx() as db:
+            pending = db.execute(
+                "SELECT task, rhash FROM outbox WHERE lease = ?", (ack.lease,)
+            ).fetchone()
+            known = db.execute(
+                "SELECT task, rhash, seq FROM acks WHERE lease = ?", (ack.lease,)
+            ).fetchone()
+            ours = pending or known
+            if ours is None or (ours[0], ours[1]) != (ack.task, ack.rhash):
+                return False
+            if known is None or ack.seq > known[2]:  # a repeated or older ack changes nothing
+                db.execute(
+                    "INSERT OR REPLACE INTO acks (lease, task, rhash, status, seq, credit, "
+                    "sealed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (ack.lease, ack.task, ack.rhash, ack.status, ack.seq, ack.credit, ack.sealed),
+                )
+            db.execute("DELETE FROM outbox WHERE lease = ?", (ack.lease,))
+        return True
+
+    def acks(self) -> list[StoredAck]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT lease, task, rhash, status, seq, credit, sealed FROM acks ORDER BY seq"
+            ).fetchall()
+        return [StoredAck(*row) for row in rows]
+
+    def knows_lease(self, lease: bytes) -> bool:
+        """Has this lease already produced a result (sent or acked) or a checkpoint?"""
+        with self._lock:
+            for table in ("outbox", "acks", "checkpoints"):
+                row = self._db.execute(
+                    f"SELECT 1 FROM {table} WHERE lease = ?",  # table names are ours
+                    (lease,),
+                ).fetchone()
+                if row is not None:
+                    return True
+        return False
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(self, cp: Checkpoint) -> None:
+        state = cbor2.dumps(cp.state)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints "
+                "(lease, sealed_lease, deadline, started, units, state) VALUES (?, ?, ?, ?, ?, ?)",
+                (cp.lease, cp.sealed_lease, cp.deadline, cp.started, cp.units, state),
+            )
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT lease, sealed_lease, deadline, started, units, state FROM checkpoints "
+                "ORDER BY deadline"
+            ).fetchall()
+        return [
+            Checkpoint(lease, sealed, deadline, started, units, cbor2.loads(state))
+            for lease, sealed, deadline, started, units, state in rows
+        ]
+
+    def drop_checkpoint(self, lease: bytes) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM checkpoints WHERE lease = ?", (lease,))
+
+    # -- blob cache ------------------------------------------------------------------------------
+
+    def get_blob(self, digest: bytes) -> bytes | None:
+        """A cached blob (and mark it most recently used), or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE blobs SET used = ? WHERE hash = ?", (self._stamp(db), digest))
+        return bytes(row[0])
+
+    def put_blob(self, digest: bytes, data: bytes) -> bool:
+        """Cache a verified blob, evicting least recently used ones to stay within the cap.
+        A blob larger than the whole cap is not cached (False)."""
+        if len(data) > self.blob_cache_bytes:
+            return False
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO blobs (hash, data, size, used) VALUES (?, ?, ?, ?)",
+                (digest, data, len(data), self._stamp(db)),
+            )
+            (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
+            victims = db.execute(
+                "SELECT hash, size FROM blobs WHERE hash != ? ORDER BY used", (digest,)
+            ).fetchall()
+            for victim, size in victims:
+                if total <= self.blob_cache_bytes:
+                    break
+                db.execute("DELETE FROM blobs WHERE hash = ?", (victim,))
+                total -= size
+        return True
+
+    def blob_hashes(self) -> list[bytes]:
+        """Cached blobs, least recently used first."""
+        with self._lock:
+            rows = self._db.execute("SELECT hash FROM blobs ORDER BY used").fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    @staticmethod
+    def _stamp(db: sqlite3.Connection) -> int:
+        (last,) = db.execute("SELECT COALESCE(MAX(used), 0) FROM blobs").fetchone()
+        return int(last) + 1
