@@ -1,4 +1,4 @@
-# Blob references resolve to checked bytes under MicroPython too (tests/test_jobs.py covers CPython).
+# Blob references resolve to checked bytes under MicroPython (tests/test_jobs.py: CPython).
 import hashlib
 
 from mpyassert import raises
