@@ -113,7 +113,7 @@ def _logging(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import run_main
+    from edge_agent.run_command import run_main
 
     _logging(args)
     return run_main(args)

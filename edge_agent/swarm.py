@@ -22,16 +22,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from edge_agent.agent import (
-    Agent,
-    AgentConfig,
-    Progress,
-    SimulatedDevice,
-    config_from_args,
-    run_agents,
-)
+from edge_agent.agent import Agent, Progress
+from edge_agent.devices import SimulatedDevice
 from edge_agent.enrol import EnrolError, enrol
 from edge_agent.identity import IdentityError, StateDir, default_state_dir
+from edge_agent.run_command import config_from_args, run_agents
+from edge_agent.runtime import AgentConfig
 from hal.simulated import SimulatedBackend
 
 # (preset, room °C offset range, chance of being unplugged): phones on good and weak chargers,

@@ -20,10 +20,10 @@ import nacl.public
 import nacl.signing
 import pytest
 
-from edge_agent.agent import cancel_and_wait
 from edge_agent.core import cbor, protocol
 from edge_agent.enrol import EnrolError, Token, enrol
 from edge_agent.identity import StateDir, verify_ed25519
+from edge_agent.link import cancel_and_wait
 from gateway.broker import Broker
 from tests.mqtt_fixtures import WAIT_S, mqtt_client
 

@@ -26,18 +26,13 @@ import nacl.signing
 import pytest
 
 from edge_agent import kernels
-from edge_agent.agent import (
-    Agent,
-    AgentConfig,
-    Backoff,
-    Progress,
-    SimulatedDevice,
-    Stats,
-    cancel_and_wait,
-)
+from edge_agent.agent import Agent, Progress
 from edge_agent.core import protocol
+from edge_agent.devices import SimulatedDevice
 from edge_agent.identity import Credentials, StateDir, verify_ed25519
+from edge_agent.link import Backoff, cancel_and_wait
 from edge_agent.outbox import Checkpoint, Store
+from edge_agent.runtime import AgentConfig, Stats
 from edge_agent.swarm import run_swarm
 from gateway.broker import Broker
 from gateway.passwords import new_password

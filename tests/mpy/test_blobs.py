@@ -19,3 +19,18 @@ def test_resolve_substitutes_and_checks():
     assert "not available" in str(e)
     e = raises(blobs.BlobError, blobs.resolve, {"w": {"blob": 5}}, {})
     assert "not available" in str(e)
+
+
+def test_check_refs_wants_exact_sha256_references():
+    blobs.check_refs({"w": {"blob": H}, "m": 3, "name": "x", "data": b"raw"})
+    blobs.check_refs({})
+    bad = (
+        {"blob": H[:31]},  # not 32 bytes
+        {"blob": 5},  # not bytes
+        {"blob": H, "extra": 1},  # more than the reference
+        {"hash": H},  # another key
+        {},  # an empty map is not a reference either
+    )
+    for value in bad:
+        e = raises(blobs.BlobError, blobs.check_refs, {"m": 3, "w": value})
+        assert str(e) == "params.w: bad blob reference", str(e)
