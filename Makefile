@@ -7,13 +7,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo venv native lint typecheck bench clean system-deps
 
-# System packages the tests talk to for real. Installed from Debian when missing (needs root or sudo).
+# System programs the tests use for real, as command:Debian-package pairs. The missing ones are
+# installed from Debian's packages (needs root or sudo).
+SYSTEM_DEPS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients shellcheck:shellcheck \
+	cloud-init:cloud-init mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk systemd-analyze:systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || { \
-		echo "installing mosquitto from Debian's packages"; \
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian's packages:$$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--termux-command", default="termux-battery-status", help="Termux battery command"
     )
+    _add_state_dir(status, "where config.toml (the owner's settings) is")
     return parser
 
 
@@ -127,9 +128,16 @@ def swarm(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    from edge_agent.identity import StateDir
+    from edge_agent.settings import SettingsError, load_settings
     from edge_agent.status import decide_once, render, report
     from hal.detect import detect, open_backend
 
+    try:
+        settings = load_settings(StateDir(args.state_dir).root)
+    except SettingsError as exc:
+        print(f"edge-agent status: {exc}", file=sys.stderr)
+        return 2
     if args.hal is None:
         kind, why = detect(args.sysfs_root)
         why = f"auto-detected: {why}"
@@ -142,7 +150,7 @@ def status(args: argparse.Namespace) -> int:
         termux_command=args.termux_command,
     )
     state = backend.read()
-    result = report(backend, why, state, decide_once(state))
+    result = report(backend, why, state, decide_once(state, settings))
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

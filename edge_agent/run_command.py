@@ -9,9 +9,11 @@ import signal
 import sys
 
 from edge_agent.agent import Agent
+from edge_agent.core.governor import Governor
 from edge_agent.devices import device_for
 from edge_agent.identity import IdentityError, StateDir
 from edge_agent.runtime import AgentConfig
+from edge_agent.settings import SettingsError, load_settings
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -50,15 +52,19 @@ def run_main(args: argparse.Namespace) -> int:
         termux_command=args.termux_command,
     )
 
+    state_dir = StateDir(args.state_dir)
+
     async def main() -> Agent:
-        agent = Agent(StateDir(args.state_dir), device_for(backend, args.speedup), config=config)
+        governor = Governor(load_settings(state_dir.root))
+        device = device_for(backend, args.speedup)
+        agent = Agent(state_dir, device, config=config, governor=governor)
         await run_agents([agent])
         return agent
 
     config = config_from_args(args)
     try:
         agent = asyncio.run(main())
-    except IdentityError as exc:
+    except (IdentityError, SettingsError) as exc:
         print(f"edge-agent run: {exc}", file=sys.stderr)
         return 2
     counts = dict(sorted(agent.stats.counts.items()))
