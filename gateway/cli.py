@@ -1,19 +1,218 @@
-"""``edge-gateway``: the operator side."""
+"""``edge-gateway``: the operator side. Every command takes ``--state-dir`` (default: the
+platform's user data directory for edge-gateway)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import signal
 import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.accounts import ServeInfo
+from gateway.broker import Broker, BrokerEndpoint, BrokerError
+from gateway.config import StatePaths, default_state_dir
+from gateway.jobflow import JobFlow
+from gateway.jobspec import JobError, load_job
+from gateway.keys import GatewayKey
+from gateway.ledger import Ledger
+from gateway.service import GatewayService
+from gateway.tokens import DEFAULT_TTL_S, create_tokens
+
+EXIT_USAGE = 2
+
+
+def _paths(args: argparse.Namespace) -> StatePaths:
+    return StatePaths(Path(args.state_dir)).ensure()
+
+
+def _external_broker(url: str) -> BrokerEndpoint:
+    """``mqtt://user:pass@host:port`` -> the gateway's endpoint on an external broker."""
+    parts = urlsplit(url)
+    if parts.username is None or parts.password is None:
+        raise ValueError("--broker needs credentials: mqtt://user:password@host:port")
+    bare = f"{parts.scheme}://{parts.hostname}:{parts.port or 1883}"
+    return BrokerEndpoint.from_url(bare, parts.username, parts.password)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    key = GatewayKey.load_or_create(paths.key)
+    broker: Broker | None = None
+    if args.broker:
+        endpoint = _external_broker(args.broker)
+        devices_url = endpoint.url
+    else:
+        broker = Broker(paths.root, port=args.mqtt_port, host=args.mqtt_host)
+        await asyncio.to_thread(broker.start)
+        endpoint = broker.gateway_endpoint()
+        devices_url = broker.url
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        service = GatewayService(paths, endpoint, broker=broker, worker=args.worker)
+
+        async def announce() -> None:
+            await service.ready.wait()
+            print(f"edge-gateway serving: devices connect to {devices_url}; gateway key "
+                  f"fingerprint {key.fingerprint.hex()}; state in {paths.root}", flush=True)
+
+        announcing = asyncio.create_task(announce())
+        await service.run(stop)
+        announcing.cancel()
+    finally:
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+    return 0
+
+
+# -- tokens, jobs, status ---------------------------------------------------------------------
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    key = GatewayKey.load_or_create(paths.key)
+    with Ledger.open(paths.ledger, time.time()) as ledger:
+        tokens, live = create_tokens(ledger, key, paths, count=args.count,
+                                     ttl_s=args.ttl_hours * 3600.0, now=time.time())
+    for token in tokens:
+        print(token)
+    if not live:
+        print("note: no running `edge-gateway serve` here; the tokens work once it starts",
+              file=sys.stderr)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    try:
+        spec = load_job(args.jobfile)
+        with Ledger.open(paths.ledger, time.time()) as ledger:
+            job_id = JobFlow(ledger, time.time).submit(spec)
+    except (JobError, OSError) as exc:
+        print(f"edge-gateway submit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(job_id)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _describe_output(output: dict[str, Any]) -> list[str]:
+    kind = output.get("kind")
+    if kind == "mlp_digits":
+        shown = " ".join(str(p) for p in output["predictions"][:20])
+        return [f"accuracy {output['correct']}/{output['samples']} = {output['accuracy_approx']}",
+                f"predictions: {shown}{' ...' if output['samples'] > 20 else ''}"]
+    if kind == "montecarlo_pi":
+        return [f"pi ~ {output['pi_approx']} ({output['inside']} of {output['points']} points "
+                "inside the quarter circle)"]
+    if kind == "sha256_search":
+        nonces = ", ".join(str(n) for n in output["found"][:20])
+        return [f"found {output['found_total']} nonces: {nonces}",
+                f"best nonce {output['best_nonce']}: {output['best_hash'].hex()}"]
+    return [f"output {output['m']} x {output['n']} int8: {output['out'].hex()[:64]}..."]
+
+
+def _job(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    with Ledger.open(paths.ledger, time.time()) as ledger:
+        try:
+            report = JobFlow(ledger, time.time).report(args.id)
+        except LookupError as exc:
+            print(f"edge-gateway job: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(_jsonable(report), sort_keys=True))
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in report["counts"].items() if n)
+    eta = "" if report["eta_s"] is None or report["state"] != "running" else \
+        f", ETA {report['eta_s']:.0f} s"
+    print(f"job {report['id']} ({report['name']}, {report['kind']}): {report['state']}, "
+          f"{report['percent']:.1f}% ({counts}){eta}")
+    if report["output"] is not None:
+        for line in _describe_output(report["output"]):
+            print("  " + line)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    with Ledger.open(paths.ledger, time.time()) as ledger:
+        fleet = ledger.fleet()
+    info = ServeInfo.load(paths.serve_info)
+    status = {"serving": info is not None, "devices_url": info.device_url if info else None,
+              "fleet": fleet, "counters": info.counters if info else {}}
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    print(f"serve: {'running at ' + info.device_url if info else 'not running'}")
+    print("fleet: " + ", ".join(f"{k} {v}" for k, v in fleet.items()))
+    if info and info.counters:
+        print("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(info.counters.items())))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=str(default_state_dir()),
+                        help="ledger, gateway key and broker files (default: %(default)s)")
     parser = argparse.ArgumentParser(prog="edge-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in [
-        ("serve", "run the gateway and its broker"),
-        ("submit", "submit a job file"),
-    ]:
-        sub.add_parser(name, help=help_text)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway (and its broker)")
+    serve.add_argument("--mqtt-host", default="0.0.0.0",
+                       help="address of the device listener (default: %(default)s)")
+    serve.add_argument("--mqtt-port", type=int, default=1883,
+                       help="port of the device listener, 0 for any (default: %(default)s)")
+    serve.add_argument("--broker", metavar="URL",
+                       help="use an external broker, mqtt://user:pass@host:port, instead of "
+                            "starting Mosquitto")
+    serve.add_argument("--worker", default="1",
+                       help="this worker's name (MQTT client id edge-gateway-NAME)")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))
+
+    token = sub.add_parser("token", help="enrolment tokens")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_sub.add_parser("create", parents=[common], help="print one-time tokens")
+    create.add_argument("--count", type=int, default=1)
+    create.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL_S / 3600.0)
+    create.set_defaults(run=_token_create)
+
+    submit = sub.add_parser("submit", parents=[common], help="submit a job file (TOML or JSON)")
+    submit.add_argument("jobfile")
+    submit.set_defaults(run=_submit)
+
+    job = sub.add_parser("job", parents=[common], help="a job's progress and output")
+    job.add_argument("id", type=int)
+    job.add_argument("--json", action="store_true")
+    job.set_defaults(run=_job)
+
+    status = sub.add_parser("status", parents=[common], help="devices, queue, counters")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
     return parser
 
 
@@ -22,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    print(f"edge-gateway {args.command}: not yet implemented", file=sys.stderr)
-    return 2
+        return EXIT_USAGE
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.run(args)
+    except (BrokerError, ValueError) as exc:
+        print(f"edge-gateway {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

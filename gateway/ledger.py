@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 from edge_agent.core import cbor
 from gateway.ledger_check import problems
 from gateway.ledger_schema import MIGRATIONS, Migration, migrate
-from gateway.ledger_tx import JOB_COUNTERS, DeviceRow, LedgerError, LedgerTx
+from gateway.ledger_tx import JOB_COUNTERS, DeviceRow, LeaseRow, LedgerError, LedgerTx, TaskRow
 
 __all__ = ["Enrolment", "JobInfo", "JobProgress", "Ledger", "LedgerError", "NewTask", "TaskResult"]
 
@@ -211,6 +211,79 @@ class Ledger:
 
     def device(self, device_id: str) -> DeviceRow | None:
         return LedgerTx(self._conn).device(device_id)
+
+    def device_key(self, device_id: str) -> bytes | None:
+        """The device's Ed25519 public key, which every receipt it signs must verify with."""
+        rows = self._rows("SELECT public_key FROM devices WHERE id = ?", (device_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def lease_task(self, lease_id: bytes) -> tuple[LeaseRow, TaskRow] | None:
+        """A lease and its task (read only): what a result must match before it is judged."""
+        tx = LedgerTx(self._conn)
+        lease = tx.lease(lease_id)
+        return None if lease is None else (lease, tx.task(lease.task_id))
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an active lease: when expiry next has work."""
+        rows = self._rows("SELECT min(deadline) FROM leases WHERE state = 'active'")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def fleet(self) -> dict[str, int]:
+        """Devices (all, fit, with an active lease) and tasks per state over open jobs."""
+        devices = self._rows(
+            "SELECT count(*), coalesce(sum(fit), 0), "
+            "(SELECT count(DISTINCT device_id) FROM leases WHERE state = 'active') FROM devices"
+        )[0]
+        tasks = self._rows(
+            "SELECT coalesce(sum(n_queued), 0), coalesce(sum(n_leased), 0), count(*) FROM jobs "
+            "WHERE state IN ('queued', 'running')"
+        )[0]
+        names = ("devices", "devices_fit", "devices_working", "tasks_queued", "tasks_leased",
+                 "jobs_open")
+        return dict(zip(names, (int(v) for v in (*devices, *tasks)), strict=True))
+
+    # Blobs (operands shared by a stage's tasks) and assembled job outputs.
+
+    def put_blobs(self, blobs: Mapping[bytes, bytes], now: float) -> None:
+        for digest, data in blobs.items():
+            if hashlib.sha256(data).digest() != digest:
+                raise LedgerError(f"blob {digest.hex()} does not match its bytes")
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT INTO blobs (hash, data, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (hash) DO NOTHING",
+                [(digest, data, now) for digest, data in blobs.items()],
+            )
+
+    def blob_part(self, digest: bytes, offset: int, length: int) -> tuple[int, bytes] | None:
+        """(total size, up to ``length`` bytes from ``offset``) of a blob; None if unknown."""
+        rows = self._rows(
+            "SELECT length(data), substr(data, ?, ?) FROM blobs WHERE hash = ?",
+            (offset + 1, length, digest),
+        )
+        return (int(rows[0][0]), bytes(rows[0][1] or b"")) if rows else None
+
+    def store_output(self, job_id: int, output_cbor: bytes, now: float) -> bool:
+        """Keep a done job's assembled output (canonical CBOR, made by the jobs layer);
+        False when one is stored already (another worker assembled it first)."""
+        with self.transaction():
+            return self._conn.execute(
+                "INSERT INTO job_outputs (job_id, output_cbor, assembled_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id) DO NOTHING",
+                (job_id, output_cbor, now),
+            ).rowcount == 1
+
+    def output(self, job_id: int) -> bytes | None:
+        rows = self._rows("SELECT output_cbor FROM job_outputs WHERE job_id = ?", (job_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def jobs_without_output(self) -> list[int]:
+        """Done jobs whose output was never stored (a crash between the last result and it)."""
+        rows = self._rows(
+            "SELECT id FROM jobs WHERE state = 'done' AND id NOT IN (SELECT job_id FROM "
+            "job_outputs) ORDER BY id"
+        )
+        return [int(job) for (job,) in rows]
 
     def device_counters(self, device_id: str) -> dict[str, int]:
         names = ("n_leased", "n_accepted", "n_replica", "n_rejected", "n_expired",

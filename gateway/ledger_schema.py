@@ -50,6 +50,7 @@ V1_WORK_LOOP = Migration(
             fit INTEGER NOT NULL DEFAULT 0 CHECK (fit IN (0, 1)),
             fit_reason TEXT NOT NULL DEFAULT 'no_state',
             last_result_at REAL,
+            ack_seq INTEGER NOT NULL DEFAULT 0,
             n_leased INTEGER NOT NULL DEFAULT 0,
             n_accepted INTEGER NOT NULL DEFAULT 0,
             n_replica INTEGER NOT NULL DEFAULT 0,
@@ -138,9 +139,21 @@ V1_WORK_LOOP = Migration(
             receipt BLOB NOT NULL,
             received_at REAL NOT NULL,
             status TEXT NOT NULL CHECK (status IN {_RESULT_STATUSES}),
-            code TEXT
+            code TEXT,
+            ack BLOB
         )""",
         "CREATE INDEX results_task ON results(task_id)",
+        # Operands shared by a stage's tasks (content-addressed), served to devices in parts.
+        """CREATE TABLE blobs (
+            hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+            data BLOB NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE job_outputs (
+            job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+            output_cbor BLOB NOT NULL,
+            assembled_at REAL NOT NULL
+        )""",
         """CREATE TABLE events (
             id INTEGER PRIMARY KEY,
             at REAL NOT NULL,

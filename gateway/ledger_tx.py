@@ -9,7 +9,7 @@ Policy - who may lease what, for how long, which late results count - lives in t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class ResultRow:
     result_hash: bytes
     status: str
     code: str | None
+    ack: bytes | None  # the signed ack sent for it: a repeat of the result gets these bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +170,30 @@ class LedgerTx:
 
     def result_for_lease(self, lease_id: bytes) -> ResultRow | None:
         row = self._one(
-            "SELECT id, lease_id, task_id, device_id, result_hash, status, code "
+            "SELECT id, lease_id, task_id, device_id, result_hash, status, code, ack "
             "FROM results WHERE lease_id = ?",
             (lease_id,),
         )
         return None if row is None else ResultRow(*row)
 
     # Transitions.
+
+    def store_ack(self, lease_id: bytes, device_id: str, build: Callable[[int], bytes]) -> bytes:
+        """The ack of the result stored for ``lease_id``: made once by ``build(seq)``, with the
+        device's next ack number, in the transaction that stored the result (or, for a result
+        stored without one, in the first repeat's), then the same bytes for every repeat."""
+        row = self._one("SELECT ack FROM results WHERE lease_id = ?", (lease_id,))
+        if row is None:
+            raise LedgerError(f"no result for lease {lease_id.hex()}")
+        if row[0] is not None:
+            return bytes(row[0])
+        seq = self._one(
+            "UPDATE devices SET ack_seq = ack_seq + 1 WHERE id = ? RETURNING ack_seq", (device_id,)
+        )
+        assert seq is not None  # a result's device exists (foreign key)
+        ack = build(int(seq[0]))
+        self._update_one("UPDATE results SET ack = ? WHERE lease_id = ?", (ack, lease_id))
+        return ack
 
     def lease_task(
         self, task: TaskRow, device_id: str, lease_id: bytes, now: float, deadline: float

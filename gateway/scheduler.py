@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 
 from edge_agent.core import cbor
 from gateway.ledger import Ledger
@@ -33,6 +33,8 @@ LEASE_EXPIRED = "lease_expired"  # late, and the task has failed meanwhile
 TASK_ALREADY_DONE = "task_already_done"
 TASK_CANCELED = "task_canceled"
 BAD_RESULT_HASH = "bad_result_hash"  # result bytes do not hash to the receipt's hash
+# Refusals that store nothing: a corrected retry of the same lease may still be accepted.
+_NOT_STORED = (UNKNOWN_TASK, NOT_YOUR_LEASE, BAD_RESULT_HASH)
 LATE = "late"  # accepted although its lease had expired (BOINC accepts late results too)
 # Why a pull got nothing (besides unknown_device and the device's own unfitness reason).
 NO_STATE = "no_state"
@@ -93,6 +95,7 @@ class Lease:
     work_units: int
     issued_at: float
     deadline: float
+    attempt: int = 0  # expired leases of the task before this one
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,12 @@ class Outcome:
     job_id: int | None = None
     stage_completed: int | None = None  # this result finished the last open task of a stage
     job_state: str | None = None
+    ack: bytes | None = None  # the signed ack stored with the result (complete(make_ack=...))
+
+    @property
+    def stored(self) -> bool:
+        """The result is in the ledger (now or from before): it is final and gets an ack."""
+        return self.code not in _NOT_STORED
 
 
 @dataclass(frozen=True)
@@ -121,23 +130,26 @@ class Expiry:
 
 
 def fitness(state_cbor: bytes) -> Fitness:
-    """A device is fit when its last state document says the governor decided to run.
+    """Fitness from a device's last ``state`` document (docs/PROTOCOL.md, SCHEMAS["state"]).
 
-    The document is a CBOR map; this reads ``offline`` (the last will), ``decision``
-    (run/pause/stop) and ``reason`` (the governor's reason code)."""
+    Unfit: ``online`` false (the last will), or a governor ``decision`` other than "run"; the
+    reason is then the document's ``code`` when it is a short code, else ``not_fit``. Age is not
+    a criterion: the agent publishes its state on every change and the broker retains it, so an
+    old document is still the current one, and a device only pulls while its governor says run.
+    The gateway validated the document against the schema before storing it."""
     try:
         doc = cbor.loads(state_cbor)
     except ValueError:
         return Fitness(False, BAD_STATE)
     if not isinstance(doc, dict):
         return Fitness(False, BAD_STATE)
-    if doc.get("offline") is True:
+    if doc.get("online") is False:
         return Fitness(False, OFFLINE)
     if doc.get("decision") == "run":
         return Fitness(True, OK)
-    reason = doc.get("reason")
-    if isinstance(reason, str) and reason != OK and _REASON_CODE.fullmatch(reason):
-        return Fitness(False, reason)
+    code = doc.get("code")
+    if isinstance(code, str) and code != OK and _REASON_CODE.fullmatch(code):
+        return Fitness(False, code)
     return Fitness(False, NOT_FIT)
 
 
@@ -174,9 +186,11 @@ class Scheduler:
         span = planned_s * factor + cfg.slack_s
         return now + min(max(span, cfg.min_lease_s), cfg.max_lease_s)
 
-    def lease(self, device_id: str, n: int, seconds: float, now: float) -> LeaseReply:
+    def lease(self, device_id: str, n: int, seconds: float, now: float,
+              kernels: Collection[str] | None = None) -> LeaseReply:
         """Up to ``n`` tasks whose estimated run times, one after another, fit in ``seconds``.
-        A task's deadline covers the estimated time of the tasks before it in the same reply."""
+        A task's deadline covers the estimated time of the tasks before it in the same reply.
+        ``kernels``: the kernels the device runs (None: all); other jobs are skipped."""
         cfg = self.config
         with self.ledger.transaction() as tx:
             device = tx.device(device_id)
@@ -191,6 +205,7 @@ class Scheduler:
             speeds = tx.speeds(device_id)
             guessed: dict[str, int] = {}  # tasks per kernel leased on a default speed
             skipped: set[int] = set()  # jobs whose next task does not fit
+            unrunnable: set[int] = set()  # jobs whose next task's kernel the device lacks
             planned_s = 0.0
             leases: list[Lease] = []
             while len(leases) < room:
@@ -202,6 +217,10 @@ class Scheduler:
                 speed, measured = self._speed(speeds, task.kernel)
                 estimate = task.work_units / speed
                 probes = guessed.get(task.kernel, 0)
+                if kernels is not None and task.kernel not in kernels:
+                    unrunnable.add(job_id)
+                    skipped.add(job_id)
+                    continue
                 if planned_s + estimate > seconds or (
                     not measured and probes >= cfg.unknown_speed_max_tasks
                 ):
@@ -214,7 +233,7 @@ class Scheduler:
                                           self._deadline(now, planned_s, measured)))
         if leases:
             return LeaseReply(tuple(leases), OK)
-        return LeaseReply((), TOO_SLOW if skipped else NO_WORK)
+        return LeaseReply((), TOO_SLOW if skipped - unrunnable else NO_WORK)
 
     @staticmethod
     def _grant(tx: LedgerTx, task: TaskRow, device_id: str, now: float, deadline: float) -> Lease:
@@ -223,7 +242,7 @@ class Scheduler:
         lease_id = secrets.token_bytes(16)
         tx.lease_task(task, device_id, lease_id, now, deadline)
         return Lease(lease_id, task.id, task.job_id, task.stage, task.idx, task.kernel,
-                     task.params_cbor, task.work_units, now, deadline)
+                     task.params_cbor, task.work_units, now, deadline, task.attempts)
 
     def complete(  # noqa: PLR0917 - the wire's fields, in the receipt's order
         self,
@@ -233,51 +252,77 @@ class Scheduler:
         result_cbor: bytes,
         receipt: bytes,
         now: float,
+        *,
+        make_ack: Callable[[Outcome, int], bytes] | None = None,
     ) -> Outcome:
         """Record a result. A retry of a stored result changes nothing and answers the original
-        outcome (``duplicate``); see docs/LEDGER.md for late and redundant results."""
+        outcome (``duplicate``); see docs/LEDGER.md for late and redundant results.
+
+        ``make_ack(outcome, seq)`` signs the ack of a stored result; it runs inside the
+        result's transaction with the device's next ack number, and the bytes are stored with
+        the result, so every repeat gets the very same ack (``Outcome.ack``)."""
         with self.ledger.transaction() as tx:
-            lease = tx.lease(lease_id)
-            if lease is None:
-                tx.event(UNKNOWN_TASK, now, device_id=device_id, lease_id=lease_id[:16])
-                return Outcome(REJECTED, UNKNOWN_TASK)
-            if lease.device_id != device_id:
-                tx.event(NOT_YOUR_LEASE, now, device_id=device_id, lease_id=lease_id)
-                return Outcome(REJECTED, NOT_YOUR_LEASE)
-            prior = tx.result_for_lease(lease_id)
-            if prior is not None:
-                if prior.result_hash != result_hash:
-                    tx.event("conflicting_duplicate", now, device_id=device_id,
-                             task_id=lease.task_id, lease_id=lease_id)
-                return Outcome(prior.status, prior.code, True, lease.task_id, lease.job_id)
-            if hashlib.sha256(result_cbor).digest() != result_hash:
-                # Not stored: a corrected retry of the same lease may still be accepted.
-                tx.event(BAD_RESULT_HASH, now, device_id=device_id, lease_id=lease_id)
-                return Outcome(REJECTED, BAD_RESULT_HASH, False, lease.task_id, lease.job_id)
-            task = tx.task(lease.task_id)
-            on_time = lease.state == "active" and now <= lease.deadline
-            status, code = _judge(task.state, on_time)
-            device = tx.device(device_id)
-            assert device is not None  # the lease references it
-            result_id = tx.insert_result(lease, result_hash=result_hash, result_cbor=result_cbor,
-                                         receipt=receipt, now=now, status=status, code=code)
-            if status != REJECTED:
-                # Throughput, not latency: tasks pulled together run one after another, so a
-                # task's time starts when the device's previous result arrived, if later. A late
-                # result counts as taking the lease's whole span: a device that was offline for
-                # hours is not judged by that, while a device slower than its estimate still
-                # sees its estimate fall each round until its results come in on time.
-                started = max(lease.issued_at, device.last_result_at or lease.issued_at)
-                elapsed = min(now - started, lease.deadline - lease.issued_at)
-                elapsed = max(elapsed, self.config.min_elapsed_s)
-                tx.update_speed(device_id, task.kernel, lease.work_units / elapsed,
-                                self.config.speed_alpha, now)
-            if status != ACCEPTED:
-                return Outcome(status, code, False, task.id, task.job_id)
-            finish = tx.finish_task(task, lease_id, result_id, result_hash, now)
+            outcome = self._judge_result(tx, lease_id, device_id, result_hash, result_cbor,
+                                         receipt, now)
+            if make_ack is not None and outcome.stored:
+                judged = outcome
+                ack = tx.store_ack(lease_id, device_id, lambda seq: make_ack(judged, seq))
+                outcome = replace(outcome, ack=ack)
+        stage = outcome.stage_completed
+        if stage is not None and outcome.job_state == "running" and self.on_stage_complete:
+            assert outcome.job_id is not None
+            self.on_stage_complete(outcome.job_id, stage)
+        return outcome
+
+    def _judge_result(  # noqa: PLR0917
+        self,
+        tx: LedgerTx,
+        lease_id: bytes,
+        device_id: str,
+        result_hash: bytes,
+        result_cbor: bytes,
+        receipt: bytes,
+        now: float,
+    ) -> Outcome:
+        lease = tx.lease(lease_id)
+        if lease is None:
+            tx.event(UNKNOWN_TASK, now, device_id=device_id, lease_id=lease_id[:16])
+            return Outcome(REJECTED, UNKNOWN_TASK)
+        if lease.device_id != device_id:
+            tx.event(NOT_YOUR_LEASE, now, device_id=device_id, lease_id=lease_id)
+            return Outcome(REJECTED, NOT_YOUR_LEASE)
+        prior = tx.result_for_lease(lease_id)
+        if prior is not None:
+            if prior.result_hash != result_hash:
+                tx.event("conflicting_duplicate", now, device_id=device_id,
+                         task_id=lease.task_id, lease_id=lease_id)
+            return Outcome(prior.status, prior.code, True, lease.task_id, lease.job_id)
+        if hashlib.sha256(result_cbor).digest() != result_hash:
+            # Not stored: a corrected retry of the same lease may still be accepted.
+            tx.event(BAD_RESULT_HASH, now, device_id=device_id, lease_id=lease_id)
+            return Outcome(REJECTED, BAD_RESULT_HASH, False, lease.task_id, lease.job_id)
+        task = tx.task(lease.task_id)
+        on_time = lease.state == "active" and now <= lease.deadline
+        status, code = _judge(task.state, on_time)
+        device = tx.device(device_id)
+        assert device is not None  # the lease references it
+        result_id = tx.insert_result(lease, result_hash=result_hash, result_cbor=result_cbor,
+                                     receipt=receipt, now=now, status=status, code=code)
+        if status != REJECTED:
+            # Throughput, not latency: tasks pulled together run one after another, so a
+            # task's time starts when the device's previous result arrived, if later. A late
+            # result counts as taking the lease's whole span: a device that was offline for
+            # hours is not judged by that, while a device slower than its estimate still
+            # sees its estimate fall each round until its results come in on time.
+            started = max(lease.issued_at, device.last_result_at or lease.issued_at)
+            elapsed = min(now - started, lease.deadline - lease.issued_at)
+            elapsed = max(elapsed, self.config.min_elapsed_s)
+            tx.update_speed(device_id, task.kernel, lease.work_units / elapsed,
+                            self.config.speed_alpha, now)
+        if status != ACCEPTED:
+            return Outcome(status, code, False, task.id, task.job_id)
+        finish = tx.finish_task(task, lease_id, result_id, result_hash, now)
         stage = finish.stage if finish.stage_complete else None
-        if stage is not None and finish.job_state == "running" and self.on_stage_complete:
-            self.on_stage_complete(finish.job_id, stage)
         return Outcome(ACCEPTED, code, False, task.id, task.job_id, stage, finish.job_state)
 
     def release(self, lease_id: bytes, device_id: str, now: float) -> bool:

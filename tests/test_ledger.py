@@ -23,7 +23,7 @@ from gateway.ledger_tx import LedgerError, LedgerTx
 from gateway.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_STATE = cbor.dumps({"decision": "run", "reason": "ok"})
+RUN_STATE = cbor.dumps({"decision": "run", "code": "ok", "online": True})
 
 
 def enrol_device(ledger: Ledger, now: float = 0.0, fit: bool = True) -> str:

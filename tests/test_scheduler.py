@@ -110,12 +110,12 @@ def test_progress_reports_an_eta_from_the_rate_so_far(ledger: Ledger) -> None:
     ("state", "reason"),
     [
         (None, NO_STATE),
-        ({"decision": "pause", "reason": "battery_hot"}, "battery_hot"),
-        ({"decision": "stop", "reason": "not_charging"}, "not_charging"),
-        ({"decision": "run", "reason": "ok", "offline": True}, OFFLINE),
+        ({"decision": "pause", "code": "battery_hot"}, "battery_hot"),
+        ({"decision": "stop", "code": "not_charging"}, "not_charging"),
+        ({"decision": "run", "code": "ok", "online": False}, OFFLINE),
         ({"decision": "pause"}, "not_fit"),
-        ({"decision": "pause", "reason": "x" * 33}, "not_fit"),
-        ({"decision": "pause", "reason": "Hot\n<b>"}, "not_fit"),
+        ({"decision": "pause", "code": "x" * 33}, "not_fit"),
+        ({"decision": "pause", "code": "Hot\n<b>"}, "not_fit"),
         ([1, 2], BAD_STATE),
     ],
 )
