@@ -8,6 +8,7 @@ import asyncio
 import signal
 import sys
 
+from edge_agent import sdnotify
 from edge_agent.agent import Agent
 from edge_agent.core.governor import Governor
 from edge_agent.devices import device_for
@@ -35,9 +36,12 @@ async def run_agents(agents: list[Agent]) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all)
+    watchdog = asyncio.create_task(sdnotify.keep_alive())
     try:
         await asyncio.gather(*(agent.run() for agent in agents))
     finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

@@ -112,11 +112,11 @@ def test_unit_is_a_hardened_guest() -> None:
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert s["MemoryDenyWriteExecute"] == ["yes"] and s["ProtectSystem"] == ["strict"]
     assert s["DeviceAllow"] == ["/dev/vcio rw"] and s["DevicePolicy"] == ["closed"]
-    # Each of these would break the HAL (vcio hidden, video group unmapped, /proc/loadavg
-    # hidden), and the agent sends no sd_notify, so a watchdog would kill it.
-    for absent in ("PrivateDevices", "PrivateUsers", "ProcSubset", "WatchdogSec"):
+    # Each of these would break the HAL (vcio hidden, video group unmapped, /proc/loadavg hidden).
+    for absent in ("PrivateDevices", "PrivateUsers", "ProcSubset"):
         assert absent not in s
-    assert s["Type"] == ["exec"]
+    # The agent notifies (edge_agent/sdnotify.py), so systemd can watch its event loop.
+    assert (s["Type"], s["NotifyAccess"], s["WatchdogSec"]) == (["notify"], ["main"], ["90"])
 
 
 def test_unit_exposure_score_is_low(tmp_path: Path) -> None:
