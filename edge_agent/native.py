@@ -8,6 +8,8 @@ the state exactly as the Python twin's ``step`` would. Nothing here validates; c
 
 from __future__ import annotations
 
+import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ except ImportError:  # pragma: no cover - exercised by tests that hide the modul
     ffi = lib = None
 
 #: Must match EDGE_NATIVE_ABI in native/src/abi.h.
-ABI = 2
+ABI = 3
 
 AVAILABLE: bool = lib is not None and lib.edge_native_abi() == ABI
 
@@ -139,3 +141,125 @@ STEPS: dict[str, Step] = {
     "montecarlo_pi": montecarlo_pi_step,
     "sha256_search": sha256_search_step,
 }
+
+
+# --- merkle ----------------------------------------------------------------------------------
+# Whole RFC 6962 trees for the gateway's settlement (native/src/merkle.h). Unlike the kernels'
+# steps these take raw buffers straight from gateway code, so every argument is checked here,
+# before C runs.
+
+MERKLE_HASH_SIZE = 32
+
+
+def _merkle_level_sizes(n: int) -> list[int]:
+    """Hashes per level of an n-leaf tree, leaves first: each level pairs neighbours and carries
+    an odd last node up (``edge_agent.core.merkle.levels``)."""
+    sizes = []
+    while n:
+        sizes.append(n)
+        n = (n + 1) // 2 if n > 1 else 0
+    return sizes
+
+
+def _merkle_path_runs(n: int) -> list[tuple[int, int]]:
+    """(leaves, hashes in each one's path) in leaf order. RFC 6962 splits n at the largest power
+    of two k < n: the first k leaves sit in a perfect subtree (log2 k hashes in it, one for the
+    right part's root, one per split above); the rest split again."""
+    runs = []
+    splits_above = 0
+    while n > 1:
+        k = 1 << ((n - 1).bit_length() - 1)
+        runs.append((k, splits_above + k.bit_length()))
+        n -= k
+        splits_above += 1
+    if n:
+        runs.append((1, splits_above))
+    return runs
+
+
+def _merkle_impl(impl: str) -> int:
+    if impl not in SHA256_IMPLS:
+        raise ValueError(f"merkle: unknown SHA-256 path {impl!r}")
+    return SHA256_IMPLS[impl]
+
+
+def _merkle_check_count(name: str, value: int) -> None:
+    if type(value) is not int or not 0 <= value <= sys.maxsize:
+        raise ValueError(f"merkle: {name} must be an int in [0, {sys.maxsize}]")
+
+
+def _merkle_check_nodes(nodes: bytes, n: int) -> list[int]:
+    if not isinstance(nodes, bytes):
+        raise TypeError("merkle: nodes must be bytes")
+    _merkle_check_count("n", n)
+    sizes = _merkle_level_sizes(n)
+    if len(nodes) != MERKLE_HASH_SIZE * sum(sizes):
+        raise ValueError(f"merkle: {len(nodes)} bytes are not the nodes of a {n}-leaf tree")
+    return sizes
+
+
+def merkle_tree(leaves: bytes | bytearray, leaf_len: int, n: int, impl: str = "auto") -> bytes:
+    """Every node of the RFC 6962 tree over n leaves of leaf_len bytes each, given back to back,
+    hashed in one C call: each level's 32-byte hashes, leaf hashes first, the root last (b"" for
+    n = 0). ``impl`` forces a SHA-256 path of SHA256_IMPLS (tests compare them)."""
+    if not isinstance(leaves, bytes | bytearray):
+        raise TypeError("merkle: leaves must be bytes")
+    _merkle_check_count("leaf_len", leaf_len)
+    _merkle_check_count("n", n)
+    if len(leaves) != leaf_len * n:
+        raise ValueError(f"merkle: {len(leaves)} bytes are not {n} leaves of {leaf_len}")
+    code = _merkle_impl(impl)
+    nodes = bytearray(MERKLE_HASH_SIZE * sum(_merkle_level_sizes(n)))
+    used = lib.merkle_tree(
+        ffi.from_buffer(leaves), len(leaves), leaf_len, n,
+        ffi.from_buffer(nodes, require_writable=True), len(nodes), code,
+    )
+    if used < 0:
+        raise RuntimeError(f"merkle: C path {impl!r} unavailable")
+    return bytes(nodes)
+
+
+def merkle_split(nodes: bytes, n: int) -> list[list[bytes]]:
+    """A ``merkle_tree`` output as ``edge_agent.core.merkle.levels`` gives it: a list of 32-byte
+    hashes per level, leaves first; [[]] for n = 0."""
+    sizes = _merkle_check_nodes(nodes, n)
+    hashes = struct.unpack("32s" * sum(sizes), nodes)
+    levels, start = [], 0
+    for size in sizes:
+        levels.append(list(hashes[start : start + size]))
+        start += size
+    return levels or [[]]
+
+
+def merkle_levels(
+    leaves: bytes | bytearray, leaf_len: int, n: int, impl: str = "auto"
+) -> list[list[bytes]]:
+    """``edge_agent.core.merkle.levels`` of the leaf hashes of n leaves of leaf_len bytes each,
+    given back to back, built in C."""
+    return merkle_split(merkle_tree(leaves, leaf_len, n, impl), n)
+
+
+#: Bytes of paths per C call in merkle_paths: one buffer, reused while it is still in cache.
+MERKLE_PATHS_CHUNK = 256 * 1024
+
+
+def merkle_paths(nodes: bytes, n: int) -> list[bytes]:
+    """Every leaf's audit path (its 32-byte hashes concatenated, deepest first, as
+    ``MerkleTree.proof``) from a ``merkle_tree`` output of n leaves; [] for n = 0. Copied by C
+    a chunk of leaves at a time, each chunk's paths of one length cut by one struct call."""
+    _merkle_check_nodes(nodes, n)
+    scratch = bytearray(MERKLE_PATHS_CHUNK)
+    nodes_c, scratch_c = ffi.from_buffer(nodes), ffi.from_buffer(scratch, require_writable=True)
+    paths: list[bytes] = []
+    first = 0
+    for count, hashes in _merkle_path_runs(n):
+        size = MERKLE_HASH_SIZE * hashes
+        per_call = max(1, MERKLE_PATHS_CHUNK // size) if size else count
+        for start in range(first, first + count, per_call):
+            k = min(per_call, first + count - start)
+            rc = lib.merkle_paths(nodes_c, len(nodes), n, start, k, scratch_c, k * size)
+            if rc != 0:  # pragma: no cover - the checks above leave C nothing to refuse
+                raise RuntimeError("merkle: C refused the tree")
+            paths += struct.unpack_from(f"{size}s" * k, scratch)
+        first += count
+    return paths

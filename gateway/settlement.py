@@ -14,12 +14,13 @@ Nothing here touches the database or the network: the service passes rows in and
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import operator
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +29,7 @@ import cbor2
 import nacl.exceptions
 import nacl.signing
 
+from edge_agent import native
 from edge_agent.core import cbor, merkle, rewards
 from edge_agent.core import protocol as p
 
@@ -41,6 +43,7 @@ __all__ = [
     "all_paths",
     "check_claim",
     "close_epoch",
+    "leaf_levels",
     "level_path",
     "load_settlement",
     "nacl_verify",
@@ -52,9 +55,10 @@ Signer = Callable[[bytes], bytes]
 FILE_FORMAT = "edge-grid-settlement/1"
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
-# The RFC 6962 leaf prefix 0x00 as a pad byte, then the leaf: what merkle.leaf_hash hashes,
-# packed in one call.
-_LEAF_INPUT = struct.Struct(">x" + rewards.LEAF_FORMAT[1:])
+# rewards.LEAF_FORMAT (">24xQ16s24xQ") as 8-byte words: a leaf is 10 of them, the index in word
+# 3, the device id in words 4 and 5, the credit in word 9, zeros elsewhere (the uint256 padding).
+_LEAF_WORDS, _INDEX_WORD, _ID_WORD, _CREDIT_WORD = 10, 3, 4, 9
+_LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 # C functions mapped over whole levels (no Python frame per hash or per concatenation).
 _sha256 = cast(Callable[[bytes], "hashlib._Hash"], hashlib.sha256)
@@ -78,6 +82,21 @@ def nacl_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
 # --- the tree and every proof -------------------------------------------------------------------
 
 
+def leaf_levels(
+    leaves: bytes | bytearray, leaf_len: int, n: int, *, use_native: bool = True
+) -> tuple[list[list[bytes]], bytes]:
+    """The tree over n leaves of leaf_len bytes given back to back: ``merkle.levels`` of their
+    leaf hashes, and the same hashes in one buffer as ``native.merkle_tree`` gives them (b"" if
+    it did not run). In one C call when the C module is built, else by hashlib maps (same levels:
+    tested)."""
+    if use_native and native.AVAILABLE:
+        nodes = native.merkle_tree(leaves, leaf_len, n)
+        return native.merkle_split(nodes, n), nodes
+    records = struct.unpack(f"{leaf_len}s" * n, leaves)
+    inputs = map(_concat, repeat(_LEAF_PREFIX), records)
+    return tree_levels(list(map(_digest, map(_sha256, inputs)))), b""
+
+
 def tree_levels(leaf_hashes: list[bytes]) -> list[list[bytes]]:
     """``merkle.levels``, with each level hashed by C-level maps instead of a Python call per
     node (same bytes: tested). The settlement's cost is mostly hashing, so this is its hot loop."""
@@ -98,7 +117,7 @@ def tree_levels(leaf_hashes: list[bytes]) -> list[list[bytes]]:
 
 def all_paths(levels: list[list[bytes]]) -> list[bytes]:
     """Every leaf's audit path, as its 32-byte hashes concatenated, deepest first (the same hashes
-    as ``merkle.MerkleTree.proof``).
+    as ``merkle.MerkleTree.proof``): the Python twin of ``native.merkle_paths``.
 
     Top down: a node's path is its sibling followed by its parent's path, so each level costs one
     concatenation per node and no hashing: 2n concatenations in all, O(n log n) bytes."""
@@ -142,6 +161,9 @@ class Settlement:
     devices: list[str]  # sorted device ids; a device's index is its position
     credits: list[int]  # cumulative micro-credits, aligned with devices
     levels: list[list[bytes]]  # the tree, leaf hashes first, [root] last
+    # The same hashes in one buffer when C built the tree (native.merkle_tree), else b"": all
+    # paths are then copied out of it by C.
+    nodes: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def epoch(self) -> int:
@@ -159,6 +181,8 @@ class Settlement:
         return level_path(self.levels, i)
 
     def paths(self) -> list[bytes]:
+        if self.nodes:
+            return native.merkle_paths(self.nodes, len(self.devices))
         return all_paths(self.levels)
 
     def leaf(self, i: int, path: bytes | None = None) -> dict[str, Any]:
@@ -244,9 +268,10 @@ class Settlement:
         return json_path, cbor_path
 
 
-def _id_bytes(devices: Sequence[str]) -> tuple[bytes, ...]:
-    """Each id's 16 bytes; SettlementError unless every id is 32 lowercase hex and the ids are
-    strictly ascending (sorted, no repeats). Each check is one C-level pass over all ids."""
+def _id_bytes(devices: Sequence[str]) -> bytes:
+    """The ids' 16 bytes each, back to back; SettlementError unless every id is 32 lowercase hex
+    and the ids are strictly ascending (sorted, no repeats). Each check is one C-level pass over
+    all ids."""
     joined = "".join(devices)
     try:
         raw = bytes.fromhex(joined)
@@ -258,7 +283,23 @@ def _id_bytes(devices: Sequence[str]) -> tuple[bytes, ...]:
         raise SettlementError("device ids must be 32 lowercase hex characters")
     if not all(map(operator.lt, devices, islice(devices, 1, None))):
         raise SettlementError("device ids must be sorted and unique")
-    return struct.unpack("16s" * len(devices), raw)
+    return raw
+
+
+def _packed_leaves(raw_ids: bytes, credits: Sequence[int]) -> bytearray:
+    """Every device's 80-byte leaf (``rewards.leaf``) back to back, written a column at a time:
+    each field is one strided copy of 8-byte words, not a Python call per leaf. struct.error for
+    a credit that is not an int in [0, 2**64)."""
+    n = len(credits)
+    leaves = bytearray(rewards.LEAF_SIZE * n)
+    words = memoryview(leaves).cast("Q")
+    ids = memoryview(raw_ids).cast("Q")
+    # Big-endian bytes copied word for word: the words' native value is never read.
+    words[_INDEX_WORD::_LEAF_WORDS] = memoryview(struct.pack(f">{n}Q", *range(n))).cast("Q")
+    words[_ID_WORD::_LEAF_WORDS] = ids[0::2]
+    words[_ID_WORD + 1 :: _LEAF_WORDS] = ids[1::2]
+    words[_CREDIT_WORD::_LEAF_WORDS] = memoryview(struct.pack(f">{n}Q", *credits)).cast("Q")
+    return leaves
 
 
 def close_epoch(
@@ -275,16 +316,17 @@ def close_epoch(
     ``prev`` is the previous epoch's header_hash (``rewards.ZERO_HASH`` for epoch 1); ``sign``
     signs with the gateway key. The settlement keeps the two lists: do not change them after.
 
-    Cost: n leaf hashes, n - 1 node hashes, one signature, and a few C-level passes over the ids
-    (benchmarks/settlement.py); a device's proof is then read from the levels without hashing."""
+    Cost: n leaf hashes, n - 1 node hashes (one C call, ``leaf_levels``), one signature, and a few
+    C-level passes over the ids and credits (benchmarks/settlement.py); a device's proof is then
+    read from the levels without hashing, all of them by ``Settlement.paths``."""
     if len(devices) != len(credits):
         raise SettlementError("devices and credits differ in length")
     raw_ids = _id_bytes(devices)
     try:
-        leaf_inputs = map(_LEAF_INPUT.pack, range(len(devices)), raw_ids, credits)
-        levels = tree_levels(list(map(_digest, map(_sha256, leaf_inputs))))
+        leaves = _packed_leaves(raw_ids, credits)
     except struct.error as e:
         raise SettlementError(f"credits must be ints in [0, 2**64): {e}") from None
+    levels, nodes = leaf_levels(leaves, rewards.LEAF_SIZE, len(devices))
     total = sum(credits)
     if total > U64_MAX:
         raise SettlementError("total credit of the epoch is above 2**64 - 1")
@@ -302,7 +344,7 @@ def close_epoch(
     # Kept as given when they are lists (the ledger's): a copy of 100,000 rows is not free.
     devices = devices if isinstance(devices, list) else list(devices)
     credits = credits if isinstance(credits, list) else list(credits)
-    return Settlement(header, sealed, header_hash, devices, credits, levels)
+    return Settlement(header, sealed, header_hash, devices, credits, levels, nodes)
 
 
 def load_settlement(path: Path, gateway_pub: bytes | None = None) -> Settlement:
@@ -344,9 +386,7 @@ def load_settlement(path: Path, gateway_pub: bytes | None = None) -> Settlement:
     for name in ("n", "root", "total"):
         if rebuilt.header[name] != header[name]:
             raise SettlementError(f"{path}: the leaves do not give the header's {name}")
-    return Settlement(
-        rebuilt.header, sealed, header["hash"], rebuilt.devices, rebuilt.credits, rebuilt.levels
-    )
+    return dataclasses.replace(rebuilt, sealed_header=sealed, header_hash=header["hash"])
 
 
 # --- claims ------------------------------------------------------------------------------------

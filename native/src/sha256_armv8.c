@@ -64,6 +64,19 @@ ARMV8_SHA2 void compress2(armv8_state *x, armv8_state *y, const uint8_t *bx, con
     y->efgh = vaddq_u32(y->efgh, y0.efgh);
 }
 
+ARMV8_SHA2_TARGET void sha256_compress2_armv8(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx,
+                                             const uint8_t *by, size_t nblocks)
+{
+    armv8_state x = {vld1q_u32(sx), vld1q_u32(sx + 4)}, y = {vld1q_u32(sy), vld1q_u32(sy + 4)};
+    for (size_t i = 0; i < nblocks; i++) {
+        compress2(&x, &y, bx + 64 * i, by + 64 * i);
+    }
+    vst1q_u32(sx, x.abcd);
+    vst1q_u32(sx + 4, x.efgh);
+    vst1q_u32(sy, y.abcd);
+    vst1q_u32(sy + 4, y.efgh);
+}
+
 ARMV8_SHA2 void tally(const sha256_job *job, sha256_tally *t, armv8_state s, uint64_t nonce)
 {
     uint32_t h[8];

@@ -14,6 +14,9 @@ const uint32_t sha256_k[64] = {
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 };
 
+const uint32_t sha256_iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 #define BSIG0(x) (ROTR(x, 2) ^ ROTR(x, 13) ^ ROTR(x, 22))
 #define BSIG1(x) (ROTR(x, 6) ^ ROTR(x, 11) ^ ROTR(x, 25))
@@ -66,6 +69,15 @@ void sha256_compress_portable(uint32_t state[8], const uint8_t block[64])
     state[5] += f;
     state[6] += g;
     state[7] += h;
+}
+
+void sha256_compress2_portable(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx,
+                               const uint8_t *by, size_t nblocks)
+{
+    for (size_t i = 0; i < nblocks; i++) {
+        sha256_compress_portable(sx, bx + 64 * i);
+        sha256_compress_portable(sy, by + 64 * i);
+    }
 }
 
 void sha256_scan_portable(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t)

@@ -1,6 +1,7 @@
 #ifndef EDGE_SHA256_SCAN_H
 #define EDGE_SHA256_SCAN_H
 /* Internals shared by the SHA-256 search paths (portable, x86 SHA-NI, ARMv8 SHA2). */
+#include <stddef.h>
 #include <stdint.h>
 
 /* One search call, prepared once: the prefix's full 64-byte blocks are folded into `mid`;
@@ -25,6 +26,7 @@ typedef struct {
 } sha256_tally;
 
 extern const uint32_t sha256_k[64];
+extern const uint32_t sha256_iv[8];
 
 static inline void sha256_put_nonce(uint8_t *p, uint64_t nonce)
 {
@@ -66,13 +68,29 @@ static inline void sha256_tally_add(const sha256_job *job, sha256_tally *t, cons
     }
 }
 
+/* The SHA256_IMPL_* that `impl` runs as: the fastest this CPU has for AUTO, -1 if a forced one
+ * is missing. */
+int sha256_pick_impl(int impl);
+
 /* Each path hashes nonces first .. first + n - 1 (n >= 1, no wrap) into the tally. */
 void sha256_scan_portable(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
 void sha256_compress_portable(uint32_t state[8], const uint8_t block[64]);
+
+/* Two independent messages at once, for callers hashing many (merkle.c): `nblocks` consecutive
+ * 64-byte blocks at bx into sx and at by into sy (states as words a..h). The SIMD paths run the
+ * two streams interleaved, as the search does. */
+typedef void (*sha256_compress2_fn)(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx,
+                                    const uint8_t *by, size_t nblocks);
+void sha256_compress2_portable(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx,
+                               const uint8_t *by, size_t nblocks);
 #if defined(__x86_64__) && defined(__GNUC__)
 void sha256_scan_shani(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
+void sha256_compress2_shani(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx, const uint8_t *by,
+                            size_t nblocks);
 #endif
 #if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__)
 void sha256_scan_armv8(const sha256_job *job, uint64_t first, uint64_t n, sha256_tally *t);
+void sha256_compress2_armv8(uint32_t sx[8], uint32_t sy[8], const uint8_t *bx, const uint8_t *by,
+                            size_t nblocks);
 #endif
 #endif

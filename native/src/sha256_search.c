@@ -15,9 +15,6 @@
 #define SHA256_MAX_PREFIX 256
 #define SHA256_MAX_FOUND 64
 
-static const uint32_t sha256_iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-
 static uint32_t load_be32(const uint8_t *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -88,7 +85,7 @@ int sha256_search_impl_available(int impl)
     }
 }
 
-static int pick_impl(int impl)
+int sha256_pick_impl(int impl)
 {
     if (impl != SHA256_IMPL_AUTO) {
         return sha256_search_impl_available(impl) ? impl : -1;
@@ -109,7 +106,7 @@ int sha256_search_run(const uint8_t *prefix, size_t prefix_len, uint64_t first, 
 {
     sha256_job job;
     sha256_tally t;
-    int used = pick_impl(impl);
+    int used = sha256_pick_impl(impl);
 
     if (used < 0 || prefix_len > SHA256_MAX_PREFIX || max_found > SHA256_MAX_FOUND ||
         *n_found > max_found || (n > 0 && first + (n - 1) < first)) {

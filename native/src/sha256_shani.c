@@ -80,6 +80,19 @@ SHANI void compress2(shani_state *x, shani_state *y, const uint8_t *bx, const ui
     y->cdgh = _mm_add_epi32(y->cdgh, y0.cdgh);
 }
 
+__attribute__((target("sha,sse4.1"))) void sha256_compress2_shani(uint32_t sx[8], uint32_t sy[8],
+                                                                   const uint8_t *bx,
+                                                                   const uint8_t *by,
+                                                                   size_t nblocks)
+{
+    shani_state x = shani_from_words(sx), y = shani_from_words(sy);
+    for (size_t i = 0; i < nblocks; i++) {
+        compress2(&x, &y, bx + 64 * i, by + 64 * i);
+    }
+    shani_to_words(x, sx);
+    shani_to_words(y, sy);
+}
+
 SHANI void tally(const sha256_job *job, sha256_tally *t, shani_state s, uint64_t nonce)
 {
     uint32_t h[8];
