@@ -74,14 +74,14 @@ def platform_name() -> str:
     return f"{sys.platform}-{platform.machine().lower()}"[:32]
 
 
-def enrol_message(identity: Identity, token: Token, now: int) -> bytes:
+def enrol_message(identity: Identity, token: Token, now: int, platform: str | None = None) -> bytes:
     body = protocol.message(
         "enrol",
         pub=identity.pub,
         token=token.secret,
         nonce=secrets.token_bytes(16),
         at=now,
-        platform=platform_name(),
+        platform=platform or platform_name(),
         kernels=kernels.names(),
     )
     return bytes(protocol.seal(body, identity.sign))
@@ -149,8 +149,12 @@ async def enrol(
     token_text: str,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    platform: str | None = None,
 ) -> tuple[Identity, Credentials]:
-    """Enrol the device in ``state`` with the gateway; return its identity and credentials."""
+    """Enrol the device in ``state`` with the gateway; return its identity and credentials.
+
+    ``platform`` names the device in the enrol message when it is not this machine (a
+    MicroPython board provisioned from a host); by default, this machine's platform."""
     token = Token.parse(token_text)
     try:
         address = GatewayAddress.parse(gateway_url)
@@ -160,7 +164,7 @@ async def enrol(
         who = state.load_identity().device_id
         raise EnrolError(f"{state.root} is already enrolled as {who}; use another --state-dir")
     identity = state.load_or_create_identity()
-    request = enrol_message(identity, token, int(time.time()))
+    request = enrol_message(identity, token, int(time.time()), platform)
     reply = await _exchange(address, token, request, timeout_s)
     gw_pub, creds = check_enrolled(reply, identity, token)
     credentials = Credentials(address.url, creds["username"], creds["password"], token.user)

@@ -1,0 +1,1 @@
+# The MicroPython board agent (firmware/README.md, "MicroPython boards").

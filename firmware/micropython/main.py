@@ -1,0 +1,33 @@
+# The edge agent on a MicroPython board: runs at boot (copied to the board's filesystem as
+# main.py; the modules are frozen into the firmware by manifest.py, or copied beside it).
+# On the unix port: micropython main.py [path/to/edge.json]; prints one JSON summary line at exit.
+import gc
+import json
+import sys
+
+from edge_board import config, device
+from edge_board.agent import Agent
+from edge_board.store import Store
+
+
+def main(path):
+    gc.collect()
+    heap_start = gc.mem_alloc()  # the code: on the unix port every module sits in the heap
+    cfg = config.load(path)
+    if cfg.network["wifi"]:
+        import hal_board
+
+        if not hal_board.connect_network(cfg.network):
+            print("edge: no network yet; the link keeps retrying")
+    agent = Agent(cfg, device.make_hal(cfg.hal), Store(cfg.state_dir, cfg.blob_cache_bytes))
+    try:
+        stats = agent.run()
+    except KeyboardInterrupt:
+        stats = agent.stats
+    summary = {"tasks": agent.tasks_done, "task_ms": agent.task_ms, "heap_max": stats.heap_max,
+               "heap_start": heap_start,
+               "heap_total": gc.mem_alloc() + gc.mem_free(), "counts": stats.counts}
+    print("edge: summary " + json.dumps(summary))
+
+
+main(sys.argv[1] if len(sys.argv) > 1 else "edge.json")

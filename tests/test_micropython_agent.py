@@ -1,0 +1,306 @@
+"""The MicroPython board agent (firmware/micropython) in the real ``micropython`` interpreter with
+a limited heap, against the real gateway (``edge-gateway serve`` in its own process, with its own
+Mosquitto): provisioned on the host by provision.py, it completes gemm (blobs), sha256_search and
+montecarlo_pi jobs whose outputs equal the C kernels' local run, and rides out a restart of the
+broker. The board image is what manifest.py freezes, compiled by mpy-cross. No sleeps: every step
+waits for the line or the file it expects, with a timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import jobs
+from gateway.accounts import ServeInfo
+from gateway.config import StatePaths
+from gateway.jobspec import load_job
+from tests.conftest import ROOT
+from tests.test_gateway_cli import SERVING, TOKEN
+
+FIRMWARE = ROOT / "firmware" / "micropython"
+# On a board, manifest.py freezes the code into flash and the heap holds only data. The unix
+# port (64-bit) loads every module's bytecode, qstrs and constants into the heap: the portable
+# core alone takes 81 KB of it, the whole agent 135 KB before any work, and signing (SHA-512's
+# message schedule) needs about 40 KB more of a fragmented heap; 176 KB fails, 192 KB works.
+HEAP = "192K"
+HEAP_BYTES = 192 * 1024
+WAIT_S = 60.0  # upper bound for one step of the agent (a whole job at most)
+# SHA-256 of umqtt/simple.py in PyPI's micropython-umqtt.simple 1.3.4 sdist.
+UMQTT_SIMPLE_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
+JOBS = {  # montecarlo first (priority): its tasks run long enough to restart the broker under
+    "montecarlo": {"kind": "montecarlo_pi", "priority": 90, "params": {"seed": 11,
+                   "points": 4_500_000}, "split": {"points_per_task": 1_500_000}},
+    "sha256": {"kind": "sha256_search", "priority": 40, "params": {
+        "prefix": "edge-grid board", "start": 0, "count": 120_000, "zero_bits": 12,
+        "max_found": 8}, "split": {"nonces_per_task": 40_000}},
+}
+
+
+# -- the board image -------------------------------------------------------------------------
+
+
+def manifest_files() -> list[tuple[Path, str]]:
+    """(source file, frozen name) of everything manifest.py freezes, read with the semantics of
+    MicroPython's tools/manifestfile.py (module: base_path/path -> path; package: every .py
+    under base_path/path, named from base_path). The port's own manifest is left out."""
+    files: list[tuple[Path, str]] = []
+
+    def include(path: str) -> None:
+        assert path.startswith("$(PORT_DIR)/"), path
+
+    def module(path: str, base_path: str = ".") -> None:
+        files.append((FIRMWARE / base_path / path, path))
+
+    def package(path: str, base_path: str = ".") -> None:
+        base = FIRMWARE / base_path
+        found = sorted((base / path).rglob("*.py"))
+        assert found, path
+        files.extend((f, f.relative_to(base).as_posix()) for f in found)
+
+    text = (FIRMWARE / "manifest.py").read_text()
+    exec(compile(text, "manifest.py", "exec"), {"include": include, "module": module,
+                                                 "package": package})
+    return files
+
+
+def compile_mpy(mpy_cross: str, source: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([mpy_cross, "-o", str(out), str(source)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, f"{source}: {proc.stderr}"
+    assert out.stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def board_image(tmp_path_factory: pytest.TempPathFactory, mpy_cross: str) -> Path:
+    """What a firmware built with manifest.py holds, as .mpy files, plus main.py."""
+    image = tmp_path_factory.mktemp("board-image")
+    for source, name in manifest_files():
+        compile_mpy(mpy_cross, source, image / name.replace(".py", ".mpy"))
+    shutil.copy(FIRMWARE / "main.py", image / "main.py")
+    return image
+
+
+def test_the_manifest_freezes_every_board_module_and_each_compiles(
+    mpy_cross: str, tmp_path: Path
+) -> None:
+    frozen = {source.resolve() for source, _ in manifest_files()}
+    board = {p.resolve() for p in FIRMWARE.rglob("*.py")} - {
+        FIRMWARE / "main.py", FIRMWARE / "manifest.py", FIRMWARE / "provision.py"}
+    core = {p.resolve() for p in (ROOT / "edge_agent" / "core").rglob("*.py")}
+    assert frozen == board | core | {ROOT / "edge_agent" / "__init__.py"}
+    for source in sorted(board | {FIRMWARE / "main.py"}):  # the core has its own test
+        compile_mpy(mpy_cross, source, tmp_path / (source.stem + ".mpy"))
+
+
+def test_umqtt_simple_is_vendored_unchanged_under_its_license_header() -> None:
+    text = (FIRMWARE / "lib" / "umqtt" / "simple.py").read_text()
+    header, body = text.split("\nimport usocket as socket\n", 1)
+    assert "The MIT License (MIT)" in header and "micropython-lib contributors" in header
+    original = ("import usocket as socket\n" + body).encode()
+    assert hashlib.sha256(original).hexdigest() == UMQTT_SIMPLE_SHA256
+
+
+# -- the board's sensors ---------------------------------------------------------------------
+
+# A Pico W's ADC, which is not here: GP29 reads VSYS/3 = 1.300 V, channel 4 (the RP2040's
+# sensor) 0.706 V = 27 °C (datasheet 4.9.5), GP24 (VBUS sense) is high.
+FAKE_PICO = """
+class Pin:
+    IN = 0
+    def __init__(self, n, mode=None):
+        self.n = n
+    def value(self):
+        return 1
+class ADC:
+    def __init__(self, source):
+        self.source = source
+    def read_u16(self):
+        if BROKEN:
+            raise OSError(5)
+        return 25818 if isinstance(self.source, Pin) else 14021
+class machine:
+    Pin = Pin
+    ADC = ADC
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_board_hal_reads_battery_vbus_and_mcu_temperature(
+    micropython: str, broken: bool
+) -> None:
+    script = f"""BROKEN = {broken}
+{FAKE_PICO}
+import sys
+sys.path.insert(0, "{FIRMWARE}")
+sys.path.insert(0, "{ROOT}")
+import hal_board
+from edge_agent.core.governor import Governor
+cfg = {{"battery_adc": 29, "battery_divider_pm": 3000, "vbus_pin": 24, "mcu_temp": "rp2"}}
+r = hal_board.BoardHal(cfg, machine).read()
+d = Governor().decide(r, 0.0, 600)
+print(r.battery_percent, r.charging, r.hottest_zone_mc, len(r.problems), d.action)
+"""
+    proc = subprocess.run([micropython, "-X", f"heapsize={HEAP}", "-c", script],
+                          capture_output=True, text=True, timeout=WAIT_S, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 1300 mV x 3 = 3900 mV on the LiPo curve = 75 %; a failing ADC is "not known", not a crash.
+    want = "None True None 2 run" if broken else "75 True 27000 0 run"
+    assert proc.stdout.split("\n")[-2] == want, proc.stdout
+
+
+# -- the gateway and the board ---------------------------------------------------------------
+
+
+class Lines:
+    """A child process's stdout, read line by line up to a pattern, with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.seen: list[str] = []
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(proc.stdout, selectors.EVENT_READ)
+
+    def expect(self, pattern: str, timeout: float = WAIT_S) -> re.Match[str]:
+        wanted = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.seen.append(line)
+                found = wanted.search(line)
+                if found:
+                    return found
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line like {pattern!r} in time:\n" + "\n".join(self.seen)
+            if self._selector.select(left):
+                assert self.proc.stdout is not None
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk, f"exited before {pattern!r}:\n" + "\n".join(self.seen)
+                self._buffer += chunk
+
+
+def gateway_cli(state: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=WAIT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@contextlib.contextmanager
+def running_gateway(state: Path) -> Iterator[str]:
+    """`edge-gateway serve` on an ephemeral loopback port; yields the devices' mqtt:// URL."""
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--state-dir", str(state),
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", "0", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE)
+    try:
+        found = Lines(serve).expect(SERVING.pattern, timeout=20)
+        yield f"mqtt://{found.group(1)}:{found.group(2)}"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=20) == 0
+        assert serve.stdout is not None
+        serve.stdout.close()
+
+
+def provision(board: Path, url: str, token: str) -> str:
+    """provision.py for the unix port; returns the device id it printed."""
+    proc = subprocess.run(
+        [sys.executable, str(FIRMWARE / "provision.py"), "--gateway", url, "--token", token,
+         "--board", "unix", "--board-state-dir", "edge", "--out", str(board)],
+        capture_output=True, text=True, timeout=WAIT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"enrolled board ([0-9a-f]{32})", proc.stdout)
+    assert found, proc.stdout
+    assert "mpremote cp" in proc.stdout
+    for name in ("device.key", "gateway.pub", "credentials.json"):
+        assert (board / "edge" / name).stat().st_mode & 0o777 == 0o600
+    return found.group(1)
+
+
+def hexed(value: Any) -> Any:
+    """A job output as `edge-gateway job --json` prints it: bytes as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: hexed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hexed(v) for v in value]
+    return value
+
+
+def test_the_board_agent_completes_jobs_on_a_small_heap_and_survives_a_broker_restart(
+    micropython: str, board_image: Path, tmp_path: Path
+) -> None:
+    state, board = tmp_path / "gw", tmp_path / "board"
+    shutil.copytree(board_image, board)
+    job_files = [ROOT / "examples" / "jobs" / "gemm_small.json"]  # w travels as a blob
+    for name, doc in JOBS.items():
+        job_files.append(tmp_path / f"{name}.json")
+        job_files[-1].write_text(json.dumps(doc))
+    with running_gateway(state) as url:
+        token = gateway_cli(state, "token", "create").strip()
+        assert TOKEN.fullmatch(token)
+        device_id = provision(board, url, token)
+        settings = json.loads((board / "edge.json").read_text())
+        settings["agent"].update(exit_when_idle=True, backoff_max_s=2, checkpoint_every_s=1)
+        (board / "edge.json").write_text(json.dumps(settings))
+        job_ids = [gateway_cli(state, "submit", str(f)).strip() for f in job_files]
+
+        agent = subprocess.Popen([micropython, "-X", f"heapsize={HEAP}", "main.py", "edge.json"],
+                                 cwd=board, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            lines = Lines(agent)
+            assert lines.expect(r"edge: device ([0-9a-f]{32})").group(1) == device_id
+            lines.expect(r"edge: connected to 127\.0\.0\.1:")
+            lines.expect(r"edge: acked (accepted|pending)")
+            lines.expect(r"edge: start [0-9a-f]{16} montecarlo_pi")
+            info = ServeInfo.load(StatePaths(state).serve_info)
+            assert info is not None and info.mosquitto_pid is not None
+            os.kill(info.mosquitto_pid, signal.SIGTERM)  # the gateway's supervisor restarts it
+            lines.expect(r"edge: link lost")
+            lines.expect(r"edge: connected to 127\.0\.0\.1:")
+            summary = json.loads(lines.expect(r"edge: summary (\{.*\})").group(1))
+            assert agent.wait(timeout=WAIT_S) == 0
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            assert agent.stdout is not None
+            agent.stdout.close()
+        outputs = [json.loads(gateway_cli(state, "job", job_id, "--json")) for job_id in job_ids]
+    log = "\n".join(lines.seen)
+    for job_file, report in zip(job_files, outputs, strict=True):
+        assert report["state"] == "done", log
+        assert report["output"] == hexed(jobs.compute_locally(load_job(job_file), "c")), log
+    tasks = 2 + 3 + 3
+    counts = summary["counts"]
+    assert summary["tasks"] == tasks and counts["acks"] == tasks, log
+    assert counts["connects"] >= 2 and counts["connection_errors"] >= 1, log
+    assert counts["checkpoints"] >= tasks and counts["blobs_fetched"] == 1, log
+    assert not [k for k in counts if k.startswith(("inbox_rejected", "lease_rejected"))], log
+    assert summary["heap_total"] <= HEAP_BYTES, summary
+    assert 0 < summary["heap_start"] < summary["heap_max"] < summary["heap_total"], summary
+    assert not list((board / "edge" / "outbox").iterdir()), log  # every result acked
+    assert len(list((board / "edge" / "acks").iterdir())) == tasks
+    print(f"\nboard agent: heap at start {summary['heap_start']}, max {summary['heap_max']} of "
+          f"{summary['heap_total']} bytes; "
+          f"task ms {summary['task_ms']}")
