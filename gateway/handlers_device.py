@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from edge_agent.core import cbor, protocol
 from gateway import scheduler as sched
 from gateway.config import ServiceLimits
-from gateway.jobflow import JobFlow, wire_task_id
+from gateway.jobflow import JobFlow
 from gateway.keys import GatewayKey
 from gateway.ledger import Ledger
 from gateway.wire import RateLimiter, Rejection, Reply, encode
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 # A `leases` reply must fit the device's inbox limit: room for the wrapper around the items.
 _LEASES_OVERHEAD = 1024
+QUARANTINE_RETRY_S = 86_400  # the longest retry hint the protocol allows: it will not change
 
 
 @dataclass
@@ -44,8 +45,8 @@ class Context:
         self.pull_limiter = RateLimiter(self.limits.pull, self.clock)
         self.blob_limiter = RateLimiter(self.limits.blob, self.clock)
 
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     def known(self, device_id: str) -> None:
         if self.ledger.device(device_id) is None:
@@ -73,13 +74,15 @@ def _no_work(reason: str, limits: ServiceLimits) -> tuple[str, str, int]:
         return "too_slow", "no queued task fits in the seconds offered", limits.retry_unfit_s
     if reason == sched.BUSY:
         return "busy", "the device holds its maximum of active leases", limits.retry_busy_s
+    if reason == sched.QUARANTINED:
+        return "quarantined", "results of this device failed verification", QUARANTINE_RETRY_S
     # The device's fitness reason: its governor's code, offline, no_state, not_fit, bad_state.
     return "unfit", f"{reason}: the device's last state does not allow work", limits.retry_unfit_s
 
 
 def _lease_message(ctx: Context, dev: str, lease: sched.Lease) -> bytes:
     body = protocol.message(
-        "lease", lease=lease.lease_id, task=wire_task_id(lease.job_id, lease.task_id), dev=dev,
+        "lease", lease=lease.lease_id, task=lease.wire_id, dev=dev,
         kernel=lease.kernel, params=cbor.loads(lease.params_cbor), units=lease.work_units,
         issued=int(lease.issued_at), deadline=int(lease.deadline), attempt=min(lease.attempt, 255))
     return bytes(protocol.seal(body, ctx.key.sign))

@@ -109,6 +109,10 @@ async def handle_enrol(ctx: Context, batcher: AccountBatcher, token_user: str,
         ctx.count("enrol_refused")
         raise Rejection("bad_token", "the token is unknown, spent or expired")
     dev = enrolment.device_id
+    if ctx.scheduler.verifier is not None:
+        # Its enrol token (recorded on the device row too): replicas never go to two devices
+        # enrolled with one token.
+        ctx.scheduler.verifier.enrolled(dev, token_user)
     password = ctx.key.device_password(dev)
     await batcher.add(dev, password)
     reply = protocol.message("enrolled", dev=dev, gw_pub=ctx.key.pub,

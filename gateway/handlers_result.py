@@ -1,81 +1,93 @@
 """The ``result`` handler: a device's signed receipt with its result attached.
 
 Checked in order, cheapest refusal first, nothing stored until all pass: size, envelope, the
-signature by the device's enrolled key, the body's schema, ``dev`` = the topic's device,
-``rhash`` = SHA-256 of the attached result, and (for the device's own lease) task, kernel, units
-and the result's shape against the leased task. The scheduler then judges it against the lease
-and stores it with its signed ack in one transaction; a repeat gets the stored ack again.
+signature by the device's enrolled key and the receipt's binding to the device's own lease
+(``trust.open_receipt``: lease, task, device and kernel, and ``rhash`` = SHA-256 of the attached
+result), then the result's shape against the leased task. The receipt's work units are not
+refused here: a claim other than the lease's is a signed lie about the work, which the trust
+layer judges (a strike; docs/TRUST.md). The scheduler then judges the result and stores it with
+its signed ack in one transaction; a repeat gets the latest stored ack again. A result that
+settles other results' verification (a replica that agrees) also answers those devices: their
+new acks go to their inboxes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge_agent.core import cbor, protocol
-from gateway import result_shape
-from gateway import scheduler as sched
+from gateway import result_shape, trust
 from gateway.handlers_device import Context
-from gateway.jobflow import wire_task_id
-from gateway.keys import verify_ed25519
+from gateway.keys import GatewayKey, verify_ed25519
+from gateway.verifier import AckFields, AckSigner, Notice
 from gateway.wire import Rejection, Reply
 
 _LIMIT = protocol.MAX_PAYLOAD["result"]
 
 
-def _ack_builder(ctx: Context, body: dict[str, Any], now: float
-                 ) -> Callable[[sched.Outcome, int], bytes]:
-    def make_ack(outcome: sched.Outcome, seq: int) -> bytes:
-        accepted = outcome.status == sched.ACCEPTED
+def ack_signer(key: GatewayKey, clock: Callable[[], float]) -> AckSigner:
+    """Signs an ack (docs/PROTOCOL.md) with the device's next sequence number."""
+
+    def sign(fields: AckFields, seq: int) -> bytes:
         ack = protocol.message(
-            "ack", lease=body["lease"], task=body["task"], dev=body["dev"], rhash=body["rhash"],
-            status="accepted" if accepted else "rejected", code=outcome.code or sched.OK,
-            seq=seq, credit=0, at=int(now))
-        return bytes(protocol.seal(ack, ctx.key.sign))
+            "ack", lease=fields.lease_id, task=fields.task, dev=fields.device_id,
+            rhash=fields.result_hash, status=fields.status, code=fields.code, seq=seq,
+            # Cumulative credit: the rewards issue fills it from the device's accepted results
+            # (fields.work_units x the kernel's rate, accepted only); 0 until then.
+            credit=0, at=int(clock()))
+        return bytes(protocol.seal(ack, key.sign))
 
-    return make_ack
+    return sign
 
 
-def _check_against_lease(ctx: Context, dev: str, body: dict[str, Any], result: object) -> None:
-    """Task, kernel, units and result shape must match the device's own lease. Foreign or
-    unknown leases are left to the scheduler, which refuses them without revealing anything."""
-    found = ctx.ledger.lease_task(body["lease"])
+def notice_replies(notices: Iterable[Notice]) -> list[Reply]:
+    return [Reply(protocol.inbox_topic(n.device_id), n.ack) for n in notices]
+
+
+def _open(ctx: Context, dev: str, pub: bytes, payload: bytes
+          ) -> tuple[dict[str, Any], bytes, Any]:
+    """The receipt's body, body bytes and result, checked against the device's own lease.
+    Someone else's or an unknown lease is only signature-checked here: the scheduler refuses it
+    without telling whose it is."""
+    lease_id = protocol.peek_sealed(payload, _LIMIT, ("result",))["lease"]
+    found = ctx.ledger.lease_task(lease_id)
     if found is None or found[0].device_id != dev:
-        return
+        body, body_bytes, result = protocol.open_sealed(payload, _LIMIT, verify_ed25519, pub,
+                                                        ("result",))
+        return body, body_bytes, result
     lease, task = found
-    if (body["task"] != wire_task_id(task.job_id, task.id) or body["kernel"] != task.kernel
-            or body["units"] != lease.work_units):
-        raise Rejection("bad_result", "task, kernel or units differ from the lease's",
-                        body["lease"])
     try:
-        result_shape.check(task.kernel, cbor.loads(task.params_cbor), result)
+        receipt = trust.open_receipt(
+            payload, pub, trust.LeaseBinding(lease.id, task.wire_id, dev, task.kernel),
+            verify_ed25519)
+        result_shape.check(task.kernel, cbor.loads(task.params_cbor), receipt.result)
+    except protocol.ProtocolError as exc:
+        raise Rejection(exc.code, exc.msg, lease_id) from None
     except result_shape.ShapeError as exc:
-        raise Rejection("bad_result", str(exc), body["lease"]) from None
+        raise Rejection("bad_result", str(exc), lease_id) from None
+    return dict(receipt.body), receipt.body_bytes, receipt.result
 
 
 def handle_result(ctx: Context, dev: str, payload: bytes) -> list[Reply]:
     pub = ctx.ledger.device_key(dev)
     if pub is None:
         raise Rejection("unknown_device", f"device {dev} is not enrolled")
-    body, body_bytes, result = protocol.open_sealed(payload, _LIMIT, verify_ed25519, pub,
-                                                    ("result",))
+    body, body_bytes, result = _open(ctx, dev, pub, payload)
     ref = body["lease"]
     if body["dev"] != dev:
-        raise Rejection("bad_schema", f"the receipt names device {body['dev']}", ref)
-    if result is None:
-        raise Rejection("bad_result", "no result attached", ref)
-    if protocol.result_hash(result) != body["rhash"]:
+        raise Rejection("not_your_lease", f"the receipt names device {body['dev']}", ref)
+    if result is None or protocol.result_hash(result) != body["rhash"]:
         raise Rejection("bad_result_hash", "rhash is not SHA-256 of the attached result", ref)
-    _check_against_lease(ctx, dev, body, result)
     now = ctx.clock()
     signature = cbor.loads(payload, max_size=_LIMIT)["s"]
     receipt = cbor.dumps({"v": protocol.VERSION, "t": "result", "b": body_bytes, "s": signature})
     outcome = ctx.scheduler.complete(body["lease"], dev, body["rhash"], cbor.dumps(result),
-                                     receipt, now, make_ack=_ack_builder(ctx, body, now))
+                                     receipt, now, claimed_units=body["units"])
     if not outcome.stored or outcome.ack is None:
         ctx.count(f"result_refused:{outcome.code}")
         raise Rejection(outcome.code or "internal", "result refused", ref)
     ctx.count("result_duplicate" if outcome.duplicate else f"result_{outcome.status}")
-    if outcome.job_state == "done" and not outcome.duplicate and outcome.job_id is not None:
-        ctx.jobs.finish(outcome.job_id)
-    return [Reply(protocol.inbox_topic(dev), outcome.ack)]
+    if outcome.notices:
+        ctx.count("acks_resolved", len(outcome.notices))
+    return [Reply(protocol.inbox_topic(dev), outcome.ack), *notice_replies(outcome.notices)]

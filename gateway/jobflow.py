@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.core import cbor
+from edge_agent.core import blobs, cbor
 from gateway import jobs
 from gateway.jobspec import JobSpec, parse_job, spec_document
 from gateway.ledger import Ledger, LedgerError, NewTask
@@ -24,11 +23,6 @@ Clock = Callable[[], float]
 # Job outputs and stored results are ours (canonical CBOR we made or checked): decode them with
 # room for the largest (a gemm output of 4096 x 4096 bytes).
 _OUTPUT_LIMITS = {"max_size": 64 << 20, "max_items": 1 << 20}
-
-
-def wire_task_id(job_id: int, task_id: int) -> bytes:
-    """A task's 16-byte id on the wire (lease and result ``task``): job id, then task id."""
-    return struct.pack(">QQ", job_id, task_id)
 
 
 def _new_tasks(tasks: tuple[jobs.Task, ...]) -> list[NewTask]:
@@ -61,6 +55,17 @@ class JobFlow:
             raise LookupError(f"no job {job_id}")
         return parse_job(cbor.loads(info.spec_cbor, max_size=len(info.spec_cbor) + 1,
                                     max_items=_OUTPUT_LIMITS["max_items"]))
+
+    def resolved_params(self, params_cbor: bytes) -> dict[str, Any]:
+        """A task's params with its blob references replaced by their bytes (what the gateway
+        runs a task on: spot checks, canary answers)."""
+        params: dict[str, Any] = cbor.loads(params_cbor)
+        refs = [v["blob"] for v in params.values() if blobs.is_ref(v)]
+        found = {digest: self.ledger.blob(digest) for digest in refs}
+        missing = [d.hex() for d, data in found.items() if data is None]
+        if missing:
+            raise LookupError(f"blobs {missing} are not in the ledger")
+        return jobs.resolve(params, {d: data for d, data in found.items() if data is not None})
 
     def _results(self, job_id: int, stage: int) -> list[dict[str, Any]]:
         return [cbor.loads(r.result_cbor) for r in self.ledger.job_results(job_id, stage)]

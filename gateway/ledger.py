@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,16 @@ from typing import Any
 from edge_agent.core import cbor
 from gateway.ledger_check import problems
 from gateway.ledger_schema import MIGRATIONS, Migration, migrate
-from gateway.ledger_tx import JOB_COUNTERS, DeviceRow, LeaseRow, LedgerError, LedgerTx, TaskRow
+from gateway.ledger_trust import TrustRows
+from gateway.ledger_tx import (
+    CANARY_JOB,
+    JOB_COUNTERS,
+    DeviceRow,
+    LeaseRow,
+    LedgerError,
+    LedgerTx,
+    TaskRow,
+)
 
 __all__ = ["Enrolment", "JobInfo", "JobProgress", "Ledger", "LedgerError", "NewTask", "TaskResult"]
 
@@ -32,6 +42,7 @@ SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 ENROL_OK = "ok"
 ENROL_BAD_TOKEN = "bad_token"
 _JOB_OPEN = ("queued", "running")
+_USER_JOB = f"id != {CANARY_JOB}"  # every job but the hidden one that holds canaries
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +163,11 @@ class Ledger:
             raise
         self._conn.execute("COMMIT")
 
+    @property
+    def trust(self) -> TrustRows:
+        """The trust layer's rows, for reads outside a transaction (the verifier's queues)."""
+        return TrustRows(self._conn)
+
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._conn.execute(sql, args).fetchall()
         return rows
@@ -236,7 +252,7 @@ class Ledger:
         )[0]
         tasks = self._rows(
             "SELECT coalesce(sum(n_queued), 0), coalesce(sum(n_leased), 0), count(*) FROM jobs "
-            "WHERE state IN ('queued', 'running')"
+            f"WHERE state IN ('queued', 'running') AND {_USER_JOB}"
         )[0]
         names = ("devices", "devices_fit", "devices_working", "tasks_queued", "tasks_leased",
                  "jobs_open")
@@ -263,6 +279,10 @@ class Ledger:
         )
         return (int(rows[0][0]), bytes(rows[0][1] or b"")) if rows else None
 
+    def blob(self, digest: bytes) -> bytes | None:
+        rows = self._rows("SELECT data FROM blobs WHERE hash = ?", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
     def store_output(self, job_id: int, output_cbor: bytes, now: float) -> bool:
         """Keep a done job's assembled output (canonical CBOR, made by the jobs layer);
         False when one is stored already (another worker assembled it first)."""
@@ -280,8 +300,8 @@ class Ledger:
     def jobs_without_output(self) -> list[int]:
         """Done jobs whose output was never stored (a crash between the last result and it)."""
         rows = self._rows(
-            "SELECT id FROM jobs WHERE state = 'done' AND id NOT IN (SELECT job_id FROM "
-            "job_outputs) ORDER BY id"
+            f"SELECT id FROM jobs WHERE state = 'done' AND {_USER_JOB} AND id NOT IN (SELECT "
+            "job_id FROM job_outputs) ORDER BY id"
         )
         return [int(job) for (job,) in rows]
 
@@ -324,7 +344,7 @@ class Ledger:
         has nothing queued or leased" (docs/LEDGER.md, multi-stage jobs)."""
         with self.transaction():
             rows = self._rows(
-                "SELECT kernel, stages, state, max_attempts, n_queued + n_leased, "
+                "SELECT kernel, stages, state, max_attempts, n_queued + n_leased + n_verifying, "
                 "(SELECT max(stage) FROM tasks WHERE job_id = jobs.id) FROM jobs WHERE id = ?",
                 (job_id,),
             )
@@ -339,11 +359,13 @@ class Ledger:
             values = []
             for t in tasks:
                 _check_canonical(t.params_cbor, f"params of task {t.idx}")
+                # The wire id: random, so a task's id tells a device nothing (not its job,
+                # not its order, not whether it is a canary: docs/TRUST.md).
                 values.append((job_id, stage, t.idx, t.kernel or kernel, t.params_cbor,
-                               t.work_units, max_attempts, now))
+                               t.work_units, max_attempts, now, secrets.token_bytes(16)))
             self._conn.executemany(
                 "INSERT INTO tasks (job_id, stage, idx, kernel, params_cbor, work_units, "
-                "max_attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "max_attempts, created_at, wire_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             units = sum(v[5] for v in values)
@@ -361,7 +383,7 @@ class Ledger:
     def cancel_job(self, job_id: int, now: float) -> bool:
         with self.transaction() as tx:
             rows = self._rows("SELECT state FROM jobs WHERE id = ?", (job_id,))
-            if not rows or rows[0][0] not in _JOB_OPEN:
+            if not rows or rows[0][0] not in _JOB_OPEN or job_id == CANARY_JOB:
                 return False
             tx.stop_job(job_id, "canceled", now)
         return True
@@ -394,12 +416,15 @@ class Ledger:
                            units_total, units_done, percent, eta)
 
     def job_results(self, job_id: int, stage: int | None = None) -> list[TaskResult]:
-        """The accepted result of every done task, in (stage, index) order, for assembly."""
+        """The output result of every done task, in (stage, index) order, for assembly: the
+        accepted (or verified) result it points at, or the gateway's own when no device's
+        matched (docs/TRUST.md)."""
         stage_filter = "" if stage is None else "AND t.stage = ?"
         args: tuple[object, ...] = (job_id,) if stage is None else (job_id, stage)
         rows = self._rows(
-            "SELECT t.stage, t.idx, t.id, r.result_hash, r.result_cbor FROM tasks AS t "
-            "JOIN results AS r ON r.id = t.result_id "
+            "SELECT t.stage, t.idx, t.id, t.result_hash, coalesce(r.result_cbor, g.result_cbor) "
+            "FROM tasks AS t LEFT JOIN results AS r ON r.id = t.result_id "
+            "LEFT JOIN reference_results AS g ON g.task_id = t.id AND t.result_id IS NULL "
             f"WHERE t.job_id = ? AND t.state = 'done' {stage_filter} ORDER BY t.stage, t.idx",
             args,
         )
@@ -419,7 +444,8 @@ class Ledger:
         what the jobs layer must act on, e.g. after a crash between a completion and its hook."""
         rows = self._rows(
             "SELECT j.id, max(t.stage) FROM jobs AS j JOIN tasks AS t ON t.job_id = j.id "
-            "WHERE j.state = 'running' AND j.n_queued = 0 AND j.n_leased = 0 "
+            "WHERE j.state = 'running' AND j.n_queued = 0 AND j.n_leased = 0 AND "
+            "j.n_verifying = 0 "
             "GROUP BY j.id HAVING max(t.stage) + 1 < j.stages ORDER BY j.id"
         )
         return [(int(job), int(stage)) for job, stage in rows]

@@ -28,20 +28,30 @@ _INVARIANTS = {
         + _differs([(f"j.{col}", f"c.{col}") for col in (*JOB_COUNTERS.values(),
                                                          "units_total", "units_done")])
     ),
-    "a leased task has exactly one active lease": (
+    # A verifying task may hold replica leases (one per device: the unique index).
+    "a leased task has exactly one active lease, a settled or queued one none": (
         "WITH a AS (SELECT task_id, count(*) AS n FROM leases WHERE state = 'active' "
         "GROUP BY task_id) "
         "SELECT t.id FROM tasks AS t LEFT JOIN a ON a.task_id = t.id "
-        "WHERE (t.state = 'leased') != (coalesce(a.n, 0) = 1)"
+        "WHERE t.state != 'verifying' AND (t.state = 'leased') != (coalesce(a.n, 0) = 1)"
     ),
-    "a done task points at an accepted result of its own": (
+    # Its counted result (accepted without a verifier; verified or accepted on trust with
+    # one), or the gateway's own result when no device's matched.
+    "a done task points at a correct result of its own": (
         "SELECT t.id FROM tasks AS t LEFT JOIN results AS r ON r.id = t.result_id "
-        "WHERE (t.state = 'done') != (r.id IS NOT NULL AND r.task_id = t.id "
-        "AND r.status = 'accepted' AND r.result_hash = t.result_hash)"
+        "LEFT JOIN reference_results AS g ON g.task_id = t.id "
+        "WHERE (t.state = 'done') != coalesce(CASE WHEN t.result_id IS NULL "
+        "THEN g.result_hash = t.result_hash ELSE r.task_id = t.id AND r.result_hash = "
+        "t.result_hash AND coalesce(r.verdict, r.status) IN ('accepted', 'valid', 'unverified') "
+        "END, 0)"
     ),
-    "a task has at most one accepted result": (
-        "SELECT task_id FROM results WHERE status = 'accepted' "
-        "GROUP BY task_id HAVING count(*) > 1"
+    "a verifying task has an open check, a done one a settled check": (
+        "SELECT id FROM tasks WHERE (state = 'verifying' AND check_state IS NOT 'open') "
+        "OR (state = 'done' AND check_state IS 'open')"
+    ),
+    "a quarantined device holds no active lease": (
+        "SELECT DISTINCT l.device_id FROM leases AS l JOIN devices AS d ON d.id = l.device_id "
+        "WHERE l.state = 'active' AND d.quarantined = 1"
     ),
     "a result comes from its lease's device and task": (
         "SELECT r.id FROM results AS r JOIN leases AS l ON l.id = r.lease_id "

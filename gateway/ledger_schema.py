@@ -3,8 +3,8 @@
 A migration is a version number and a tuple of SQL statements. ``migrate`` applies the ones above
 the file's version in order, each in its own ``BEGIN IMMEDIATE`` transaction together with the row
 that records it, so a migration is applied entirely or not at all, and two gateway workers opening
-the same file at once cannot both apply it. Later issues append migrations (trust, credit, epochs);
-an applied migration is never edited.
+the same file at once cannot both apply it. Later issues append migrations (credit, epochs); an
+applied migration is never edited. v2 is the trust layer's (docs/TRUST.md, docs/LEDGER.md).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ class SchemaError(RuntimeError):
 class Migration:
     version: int
     statements: tuple[str, ...]
+    # Rebuilds a table that others reference (SQLite's "12-step" ALTER): foreign keys are
+    # switched off around the transaction (the pragma is a no-op inside one), and the
+    # migration commits only if PRAGMA foreign_key_check finds nothing dangling afterwards.
+    rebuilds: bool = False
 
 
 _TASK_STATES = "('queued', 'leased', 'done', 'failed', 'canceled')"
@@ -124,8 +128,7 @@ V1_WORK_LOOP = Migration(
             ended_at REAL
         ) WITHOUT ROWID""",
         # At most one active lease per task: the database itself refuses a second one, whatever
-        # two racing workers do. (Replication, a later issue, relaxes it to one per task and
-        # device with a migration.)
+        # two racing workers do. (v2 relaxes it to one per task and device, for replicas.)
         "CREATE UNIQUE INDEX leases_active_task ON leases(task_id) WHERE state = 'active'",
         "CREATE INDEX leases_active_deadline ON leases(deadline) WHERE state = 'active'",
         "CREATE INDEX leases_active_device ON leases(device_id) WHERE state = 'active'",
@@ -167,7 +170,80 @@ V1_WORK_LOOP = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_WORK_LOOP,)
+# The tasks table as of v2: the 'verifying' state, an opaque wire id, and the columns of the trust
+# layer's TaskCheck (docs/TRUST.md). Rebuilt, because SQLite cannot alter a CHECK constraint.
+_TASK_STATES_V2 = "('queued', 'leased', 'verifying', 'done', 'failed', 'canceled')"
+_TASK_COLUMNS_V1 = ("id, job_id, stage, idx, kernel, params_cbor, work_units, state, attempts, "
+                    "max_attempts, result_id, result_hash, created_at, finished_at")
+
+V2_TRUST = Migration(
+    2,
+    (
+        f"""CREATE TABLE tasks_v2 (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            stage INTEGER NOT NULL CHECK (stage >= 0),
+            idx INTEGER NOT NULL CHECK (idx >= 0),
+            kernel TEXT NOT NULL,
+            params_cbor BLOB NOT NULL,
+            work_units INTEGER NOT NULL CHECK (work_units > 0),
+            state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN {_TASK_STATES_V2}),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL CHECK (max_attempts >= 1),
+            result_id INTEGER REFERENCES results(id),
+            result_hash BLOB,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            wire_id BLOB NOT NULL CHECK (length(wire_id) = 16),
+            check_method TEXT CHECK (check_method IN ('trusted', 'replica', 'spot', 'canary')),
+            check_state TEXT CHECK (check_state IN ('open', 'settled')),
+            reference BLOB CHECK (reference IS NULL OR length(reference) = 32),
+            authoritative INTEGER NOT NULL DEFAULT 0 CHECK (authoritative IN (0, 1)),
+            spot_requested INTEGER NOT NULL DEFAULT 0 CHECK (spot_requested IN (0, 1)),
+            replica_wanted INTEGER NOT NULL DEFAULT 0 CHECK (replica_wanted IN (0, 1)),
+            verify_since REAL,
+            template_id INTEGER REFERENCES tasks(id),
+            UNIQUE (job_id, stage, idx)
+        )""",
+        f"INSERT INTO tasks_v2 ({_TASK_COLUMNS_V1}, wire_id) "
+        f"SELECT {_TASK_COLUMNS_V1}, randomblob(16) FROM tasks",
+        "DROP TABLE tasks",
+        "ALTER TABLE tasks_v2 RENAME TO tasks",
+        "CREATE INDEX tasks_queue ON tasks(job_id, stage, idx) WHERE state = 'queued'",
+        # The gateway's own runs still owed, and tasks waiting for a replica lease: both small.
+        "CREATE INDEX tasks_spot ON tasks(id) WHERE spot_requested = 1 AND check_state = 'open'",
+        "CREATE INDEX tasks_replica ON tasks(verify_since) WHERE replica_wanted = 1",
+        "ALTER TABLE jobs ADD COLUMN n_verifying INTEGER NOT NULL DEFAULT 0",
+        # The hidden job that holds canaries (id 0: user jobs count from 1). Never picked by the
+        # queue (its tasks are leased the moment they are made), never done, never on the wire.
+        "INSERT INTO jobs (id, name, kernel, spec_cbor, state, max_attempts, created_at) "
+        "VALUES (0, 'canaries', 'canary', x'a0', 'running', 1, 0)",
+        "ALTER TABLE devices ADD COLUMN valid INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN invalid INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN streak INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0 "
+        "CHECK (quarantined IN (0, 1))",
+        "ALTER TABLE results ADD COLUMN verdict TEXT "
+        "CHECK (verdict IN ('pending', 'unverified', 'valid', 'invalid'))",
+        # A device's results by status: voiding a quarantined device's pending ones, rechecks.
+        "CREATE INDEX results_device ON results(device_id, status)",
+        # Replicas: one active lease per (task, device) instead of one per task.
+        "DROP INDEX leases_active_task",
+        "CREATE UNIQUE INDEX leases_active_task ON leases(task_id, device_id) "
+        "WHERE state = 'active'",
+        # The gateway's own result of a task, when it is the task's output (no device matched).
+        """CREATE TABLE reference_results (
+            task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+            result_hash BLOB NOT NULL CHECK (length(result_hash) = 32),
+            result_cbor BLOB NOT NULL,
+            computed_at REAL NOT NULL
+        )""",
+    ),
+    rebuilds=True,
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1_WORK_LOOP, V2_TRUST)
 
 
 def current_version(conn: sqlite3.Connection) -> int:
@@ -203,24 +279,36 @@ def migrate(
     version = current_version(conn)
     _check_not_newer(version, len(migrations))
     for migration in migrations[version:]:
-        conn.execute("BEGIN IMMEDIATE")
+        if migration.rebuilds:
+            conn.execute("PRAGMA foreign_keys = OFF")
         try:
-            # Read again under the write lock: another worker may have migrated meanwhile.
-            version = current_version(conn)
-            _check_not_newer(version, len(migrations))
-            if migration.version > version:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version ("
-                    "version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-                )
-                for statement in migration.statements:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (migration.version, now),
-                )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            _apply(conn, migration, now, len(migrations))
+        finally:
+            if migration.rebuilds:
+                conn.execute("PRAGMA foreign_keys = ON")
     return current_version(conn)
+
+
+def _apply(conn: sqlite3.Connection, migration: Migration, now: float, known: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another worker may have migrated meanwhile.
+        version = current_version(conn)
+        _check_not_newer(version, known)
+        if migration.version > version:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            for statement in migration.statements:
+                conn.execute(statement)
+            if migration.rebuilds and conn.execute("PRAGMA foreign_key_check").fetchall():
+                raise SchemaError(f"migration {migration.version} left dangling references")
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (migration.version, now),
+            )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 TASK_COLUMNS = (
-    "id, job_id, stage, idx, kernel, params_cbor, work_units, state, attempts, max_attempts"
+    "id, job_id, stage, idx, kernel, params_cbor, work_units, state, attempts, max_attempts, "
+    "wire_id"
 )
 LEASE_COLUMNS = "id, task_id, job_id, device_id, work_units, issued_at, deadline, state"
+RESULT_COLUMNS = "id, lease_id, task_id, device_id, result_hash, status, code, ack, verdict"
 
 # Device counter per result status; the names are columns, never taken from input.
 _RESULT_COUNTERS = {"accepted": "n_accepted", "replica": "n_replica", "rejected": "n_rejected"}
@@ -24,10 +26,21 @@ _RESULT_COUNTERS = {"accepted": "n_accepted", "replica": "n_replica", "rejected"
 JOB_COUNTERS = {
     "queued": "n_queued",
     "leased": "n_leased",
+    "verifying": "n_verifying",  # has a result awaiting verification (docs/TRUST.md)
     "done": "n_done",
     "failed": "n_failed",
     "canceled": "n_canceled",
 }
+
+
+# The hidden job that holds canary tasks (ledger_schema V2_TRUST): never picked by the queue,
+# never done, never failed; a canary whose lease ends without a result is canceled.
+CANARY_JOB = 0
+# A verifying task whose check waits for a replica (and holds no active lease) wants one.
+_REPLICA_WANTED = (
+    "check_method = 'replica' AND check_state = 'open' AND spot_requested = 0 AND NOT EXISTS "
+    "(SELECT 1 FROM leases AS l WHERE l.task_id = tasks.id AND l.state = 'active')"
+)
 
 
 class LedgerError(RuntimeError):
@@ -41,6 +54,7 @@ class DeviceRow:
     fit_reason: str
     state_at: float | None
     last_result_at: float | None
+    quarantined: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,7 @@ class TaskRow:
     state: str
     attempts: int
     max_attempts: int
+    wire_id: bytes  # the task's id on the wire: 16 random bytes (no job id, no order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,7 @@ class ResultRow:
     status: str
     code: str | None
     ack: bytes | None  # the signed ack sent for it: a repeat of the result gets these bytes
+    verdict: str | None  # the trust layer's: pending/unverified/valid/invalid (None: not judged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +113,11 @@ class LedgerTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """For the other row modules of the same transaction (ledger_trust)."""
+        return self._conn
+
     def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
         # fetchall, not fetchone: a statement left unfinished (UPDATE ... RETURNING) would keep
         # the transaction from committing.
@@ -111,14 +132,15 @@ class LedgerTx:
 
     def device(self, device_id: str) -> DeviceRow | None:
         row = self._one(
-            "SELECT id, fit, fit_reason, state_at, last_result_at FROM devices WHERE id = ?",
+            "SELECT id, fit, fit_reason, state_at, last_result_at, quarantined FROM devices "
+            "WHERE id = ?",
             (device_id,),
         )
         if row is None:
             return None
-        id_, fit, reason, state_at, last_result_at = row
+        id_, fit, reason, state_at, last_result_at, quarantined = row
         return DeviceRow(str(id_), bool(fit), str(reason), _opt_float(state_at),
-                         _opt_float(last_result_at))
+                         _opt_float(last_result_at), bool(quarantined))
 
     def active_lease_count(self, device_id: str) -> int:
         row = self._one(
@@ -169,31 +191,112 @@ class LedgerTx:
         return [LeaseRow(*row) for row in rows]
 
     def result_for_lease(self, lease_id: bytes) -> ResultRow | None:
-        row = self._one(
-            "SELECT id, lease_id, task_id, device_id, result_hash, status, code, ack "
-            "FROM results WHERE lease_id = ?",
-            (lease_id,),
-        )
+        row = self._one(f"SELECT {RESULT_COLUMNS} FROM results WHERE lease_id = ?", (lease_id,))
         return None if row is None else ResultRow(*row)
+
+    def result(self, result_id: int) -> ResultRow:
+        row = self._one(f"SELECT {RESULT_COLUMNS} FROM results WHERE id = ?", (result_id,))
+        if row is None:
+            raise LedgerError(f"no result {result_id}")
+        return ResultRow(*row)
+
+    def active_leases(self, *, task_id: int | None = None, device_id: str | None = None
+                      ) -> list[LeaseRow]:
+        """Active leases of a task or of a device."""
+        column, value = ("task_id", task_id) if device_id is None else ("device_id", device_id)
+        rows = self._conn.execute(
+            f"SELECT {LEASE_COLUMNS} FROM leases WHERE {column} = ? AND state = 'active'",
+            (value,),
+        )
+        return [LeaseRow(*row) for row in rows]
 
     # Transitions.
 
-    def store_ack(self, lease_id: bytes, device_id: str, build: Callable[[int], bytes]) -> bytes:
-        """The ack of the result stored for ``lease_id``: made once by ``build(seq)``, with the
-        device's next ack number, in the transaction that stored the result (or, for a result
-        stored without one, in the first repeat's), then the same bytes for every repeat."""
-        row = self._one("SELECT ack FROM results WHERE lease_id = ?", (lease_id,))
+    def store_ack(self, result_id: int, device_id: str, build: Callable[[int], bytes], *,
+                  renew: bool = False) -> bytes:
+        """The ack of a stored result: made by ``build(seq)`` with the device's next ack number
+        in the transaction that stored the result (or, for a result stored without one, in the
+        first repeat's); then the same bytes for every repeat. ``renew``: the result's status
+        changed (a verification resolved): a new ack with a higher seq replaces the old one."""
+        row = self._one("SELECT ack FROM results WHERE id = ?", (result_id,))
         if row is None:
-            raise LedgerError(f"no result for lease {lease_id.hex()}")
-        if row[0] is not None:
+            raise LedgerError(f"no result {result_id}")
+        if row[0] is not None and not renew:
             return bytes(row[0])
         seq = self._one(
             "UPDATE devices SET ack_seq = ack_seq + 1 WHERE id = ? RETURNING ack_seq", (device_id,)
         )
         assert seq is not None  # a result's device exists (foreign key)
         ack = build(int(seq[0]))
-        self._update_one("UPDATE results SET ack = ? WHERE lease_id = ?", (ack, lease_id))
+        self._update_one("UPDATE results SET ack = ? WHERE id = ?", (ack, result_id))
         return ack
+
+    def set_result_status(self, result: ResultRow, work_units: int, status: str, code: str
+                          ) -> None:
+        """A result's ack status changed (a verification resolved): its device's counters
+        follow. Credit is counted on ``accepted`` only, on the gateway's work units."""
+        self._update_one("UPDATE results SET status = ?, code = ? WHERE id = ?",
+                         (status, code, result.id))
+        if status == result.status:
+            return
+        units = work_units if status == "accepted" else (
+            -work_units if result.status == "accepted" else 0)
+        changes = [f"{column} = {column} + {delta}" for column, delta in (
+            (_RESULT_COUNTERS.get(result.status), -1), (_RESULT_COUNTERS.get(status), 1))
+            if column is not None]
+        changes.append("units_accepted = units_accepted + ?")
+        self._update_one(f"UPDATE devices SET {', '.join(changes)} WHERE id = ?",
+                         (units, result.device_id))
+
+    def complete_lease(self, lease_id: bytes, now: float) -> None:
+        """The lease's result arrived (whatever its verdict will be)."""
+        self._conn.execute(
+            "UPDATE leases SET state = 'completed', ended_at = ? WHERE id = ? AND state = 'active'",
+            (now, lease_id),
+        )
+
+    def move_task(self, task: TaskRow, state: str, now: float) -> None:
+        """A task changes state outside leasing and finishing (a result went to verification,
+        a refused result queued it again, a recheck reopened it): the job counters follow."""
+        if state == task.state:
+            return
+        was, becomes = JOB_COUNTERS[task.state], JOB_COUNTERS[state]
+        undone = task.state == "done"  # a recheck: its result is no longer the output
+        self._update_one(
+            "UPDATE tasks SET state = ?, result_id = CASE WHEN ? THEN NULL ELSE result_id END, "
+            "result_hash = CASE WHEN ? THEN NULL ELSE result_hash END, "
+            "finished_at = CASE WHEN ? THEN NULL ELSE finished_at END WHERE id = ? AND state = ?",
+            (state, undone, undone, undone, task.id, task.state),
+        )
+        self._update_one(
+            f"UPDATE jobs SET {was} = {was} - 1, {becomes} = {becomes} + 1, "
+            "units_done = units_done - ? WHERE id = ?",
+            (task.work_units if undone else 0, task.job_id),
+        )
+
+    def lease_replica(
+        self, task: TaskRow, device_id: str, lease_id: bytes, now: float, deadline: float
+    ) -> None:
+        """A verifying task leased once more, to check a result (the task stays verifying)."""
+        self._update_one(
+            "UPDATE tasks SET replica_wanted = 0 WHERE id = ? AND state = 'verifying'",
+            (task.id,),
+        )
+        self._conn.execute(
+            f"INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
+            (lease_id, task.id, task.job_id, device_id, task.work_units, now, deadline),
+        )
+        self._update_one("UPDATE devices SET n_leased = n_leased + 1 WHERE id = ?", (device_id,))
+
+    def want_replica_if_waiting(self, task_id: int, now: float) -> None:
+        """Mark a verifying task as wanting a replica lease when its check waits for one and
+        nobody holds it (after a result, or a replica lease that ended without one)."""
+        self._conn.execute(
+            "UPDATE tasks SET replica_wanted = CASE WHEN " + _REPLICA_WANTED + " THEN 1 ELSE 0 "
+            "END, verify_since = CASE WHEN replica_wanted = 0 AND " + _REPLICA_WANTED +
+            " THEN ? ELSE verify_since END WHERE id = ? AND state = 'verifying'",
+            (now, task_id),
+        )
 
     def lease_task(
         self, task: TaskRow, device_id: str, lease_id: bytes, now: float, deadline: float
@@ -226,19 +329,23 @@ class LedgerTx:
         now: float,
         status: str,
         code: str | None,
+        worked: bool | None = None,
     ) -> int:
-        """Store a result from the lease's own device and count it on the device."""
+        """Store a result from the lease's own device and count it on the device. ``worked``
+        (default: not rejected) moves the device's last result time, the start of its next
+        task's measured time."""
         cursor = self._conn.execute(
             "INSERT INTO results (lease_id, task_id, device_id, result_hash, result_cbor, "
             "receipt, received_at, status, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (lease.id, lease.task_id, lease.device_id, result_hash, result_cbor, receipt, now,
              status, code),
         )
-        counter = _RESULT_COUNTERS[status]
+        counter = _RESULT_COUNTERS.get(status)
+        count = f"{counter} = {counter} + 1, " if counter else ""
         credited = lease.work_units if status == "accepted" else 0
-        worked = status != "rejected"
+        worked = status != "rejected" if worked is None else worked
         self._update_one(
-            f"UPDATE devices SET {counter} = {counter} + 1, units_accepted = units_accepted + ?, "
+            f"UPDATE devices SET {count}units_accepted = units_accepted + ?, "
             "last_result_at = CASE WHEN ? THEN ? ELSE last_result_at END WHERE id = ?",
             (credited, worked, now, lease.device_id),
         )
@@ -246,11 +353,17 @@ class LedgerTx:
         return cursor.lastrowid
 
     def finish_task(
-        self, task: TaskRow, lease_id: bytes, result_id: int, result_hash: bytes, now: float
+        self,
+        task: TaskRow,
+        lease_id: bytes | None,
+        result_id: int | None,
+        result_hash: bytes,
+        now: float,
     ) -> TaskFinish:
-        """queued|leased -> done with this result. The submitting lease, if still active, is
-        completed; any other active lease on the task is released (its result becomes a replica)."""
-        if task.state not in ("queued", "leased"):
+        """queued|leased|verifying -> done with this result (``result_id`` None: the gateway's
+        own result in reference_results). The submitting lease, if still active, is completed;
+        any other active lease on the task is released (a result from it is still judged)."""
+        if task.state not in ("queued", "leased", "verifying"):
             raise LedgerError(f"task {task.id} is {task.state}, cannot finish it")
         self._conn.execute(
             "UPDATE leases SET state = CASE id WHEN ? THEN 'completed' ELSE 'released' END, "
@@ -258,30 +371,33 @@ class LedgerTx:
             (lease_id, now, task.id),
         )
         self._update_one(
-            "UPDATE tasks SET state = 'done', result_id = ?, result_hash = ?, finished_at = ? "
-            "WHERE id = ?",
+            "UPDATE tasks SET state = 'done', result_id = ?, result_hash = ?, finished_at = ?, "
+            "replica_wanted = 0 WHERE id = ?",
             (result_id, result_hash, now, task.id),
         )
         was = JOB_COUNTERS[task.state]
         row = self._one(
             f"UPDATE jobs SET {was} = {was} - 1, n_done = n_done + 1, "
             "units_done = units_done + ? WHERE id = ? "
-            "RETURNING n_queued + n_leased = 0, stages, state",
+            "RETURNING n_queued + n_leased + n_verifying = 0, stages, state",
             (task.work_units, task.job_id),
         )
         assert row is not None
         drained, stages, state = bool(row[0]), int(row[1]), str(row[2])
-        if drained and task.stage + 1 >= stages and state in ("queued", "running"):
+        last = task.stage + 1 >= stages and task.job_id != CANARY_JOB
+        if drained and last and state in ("queued", "running"):
             self._update_one(
                 "UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, task.job_id)
             )
             state = "done"
-        return TaskFinish(task.job_id, task.stage, drained, state)
+        # The canary job has no stages to complete: it only ever holds canaries.
+        return TaskFinish(task.job_id, task.stage, drained and task.job_id != CANARY_JOB, state)
 
     def end_lease(self, lease: LeaseRow, how: str, now: float) -> str:
         """End an active lease without a result: ``expired`` (counts an attempt; the task fails
-        and its job with it after max_attempts) or ``released`` (the device gave it back).
-        Returns the task's new state."""
+        and its job with it after max_attempts) or ``released`` (the device gave it back, or was
+        quarantined). A replica lease leaves its verifying task as it is; a canary's is
+        canceled. Returns the task's new state."""
         if how not in ("expired", "released"):
             raise LedgerError(f"cannot end a lease as {how!r}")
         self._update_one(
@@ -292,6 +408,13 @@ class LedgerTx:
         self._update_one(
             f"UPDATE devices SET {counter} = {counter} + 1 WHERE id = ?", (lease.device_id,)
         )
+        task = self.task(lease.task_id)
+        if task.state == "verifying":  # a replica lease: the check may want another one
+            self.want_replica_if_waiting(task.id, now)
+            return task.state
+        if lease.job_id == CANARY_JOB:  # nobody needs a canary's result: no retry, no failure
+            self.move_task(task, "canceled", now)
+            return "canceled"
         row = self._one(
             "UPDATE tasks SET attempts = attempts + ?, state = CASE "
             "WHEN attempts + ? >= max_attempts THEN 'failed' ELSE 'queued' END "
@@ -316,19 +439,22 @@ class LedgerTx:
         leases released. Done tasks and their results stay."""
         if state not in ("failed", "canceled"):
             raise LedgerError(f"cannot stop a job as {state!r}")
+        if job_id == CANARY_JOB:
+            raise LedgerError("the canary job is never stopped")
         self._conn.execute(
             "UPDATE leases SET state = 'released', ended_at = ? WHERE state = 'active' AND "
-            "task_id IN (SELECT id FROM tasks WHERE job_id = ? AND state = 'leased')",
+            "task_id IN (SELECT id FROM tasks WHERE job_id = ? AND state IN ('leased', "
+            "'verifying'))",
             (now, job_id),
         )
         self._conn.execute(
-            "UPDATE tasks SET state = 'canceled', finished_at = ? "
-            "WHERE job_id = ? AND state IN ('queued', 'leased')",
+            "UPDATE tasks SET state = 'canceled', finished_at = ?, spot_requested = 0, "
+            "replica_wanted = 0 WHERE job_id = ? AND state IN ('queued', 'leased', 'verifying')",
             (now, job_id),
         )
         self._update_one(
-            "UPDATE jobs SET n_canceled = n_canceled + n_queued + n_leased, n_queued = 0, "
-            "n_leased = 0, state = ?, finished_at = ? WHERE id = ?",
+            "UPDATE jobs SET n_canceled = n_canceled + n_queued + n_leased + n_verifying, "
+            "n_queued = 0, n_leased = 0, n_verifying = 0, state = ?, finished_at = ? WHERE id = ?",
             (state, now, job_id),
         )
         self.event("job_" + state, now, job_id=job_id)

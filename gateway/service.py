@@ -8,9 +8,11 @@ started against the same broker and state directory (``serve --broker``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -18,17 +20,21 @@ from typing import Any
 
 import aiomqtt
 
-from edge_agent.core import protocol
+from edge_agent import kernels
+from edge_agent.core import cbor, protocol
 from gateway.accounts import Accounts, ServeInfo
 from gateway.broker import Broker, BrokerEndpoint
 from gateway.config import ServiceLimits, StatePaths
 from gateway.handlers_device import Context
 from gateway.handlers_enrol import AccountBatcher
+from gateway.handlers_result import ack_signer, notice_replies
 from gateway.jobflow import JobFlow
 from gateway.keys import GatewayKey
 from gateway.ledger import Ledger
 from gateway.router import Router
 from gateway.scheduler import Expiry, Scheduler, SchedulerConfig
+from gateway.trust import TrustConfig
+from gateway.verifier import Verifier, VerifierConfig
 from gateway.wire import Reply
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,13 @@ SUBSCRIPTIONS = (
     SHARE_GROUP + protocol.ROOT + "/enrol/+/req",
 )
 ENROL_PREFIX = protocol.ROOT + "/enrol/"
+KernelRun = Callable[[str, dict[str, Any]], dict[str, Any]]
+MAX_UNDELIVERED = 10_000  # acks resolved while the broker was away, sent on reconnect
+
+
+def run_c_kernel(kernel: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's own run of a task: the C kernel (docs/TRUST.md, known_answer)."""
+    return kernels.run(kernel, params, backend="c")
 
 
 def _shedding_queue(count: Callable[[str], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
@@ -66,9 +79,16 @@ class GatewayService:
         limits: ServiceLimits | None = None,
         scheduler_config: SchedulerConfig | None = None,
         worker: str = "1",
+        trust: TrustConfig | None = None,
+        verifier_config: VerifierConfig | None = None,
+        trust_rng: random.Random | None = None,
+        run_kernel: KernelRun = run_c_kernel,
     ) -> None:
         """``endpoint``: the gateway account on the broker's gateway listener. ``broker``: our
-        own Mosquitto (supervised, reloaded after account changes), None for an external one."""
+        own Mosquitto (supervised, reloaded after account changes), None for an external one.
+        ``trust``, ``verifier_config``: docs/TRUST.md; ``trust_rng`` None is SystemRandom (a
+        seeded one is for tests only: checks must not be predictable). ``run_kernel``: how the
+        gateway runs a task itself (spot checks, canary answers), in a worker thread."""
         self.paths = paths.ensure()
         self.endpoint = endpoint
         self.broker = broker
@@ -78,7 +98,11 @@ class GatewayService:
         self.key = GatewayKey.load_or_create(paths.key)
         self.ledger = Ledger.open(paths.ledger, clock())
         self.jobs = JobFlow(self.ledger, clock)
-        self.scheduler = Scheduler(self.ledger, scheduler_config, self.jobs.advance)
+        self.verifier = Verifier.load(self.ledger.trust, trust, verifier_config, trust_rng)
+        self.scheduler = Scheduler(self.ledger, scheduler_config, self.jobs.advance,
+                                   on_job_done=self.jobs.finish, verifier=self.verifier,
+                                   sign_ack=ack_signer(self.key, clock))
+        self.run_kernel = run_kernel
         self.ctx = Context(self.ledger, self.scheduler, self.key, self.jobs, clock, self.limits,
                            self._note_deadline)
         accounts = Accounts(paths, broker.reload if broker is not None else None)
@@ -91,10 +115,16 @@ class GatewayService:
         self._next_expiry = float("inf")
         self._enrols: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
+        self._verify_wake = asyncio.Event()
+        self.verifier.wake = self._verify_wake.set
+        self.verified = asyncio.Event()  # set after each own run of the gateway (check, canary)
+        self._connected: aiomqtt.Client | None = None
+        self._undelivered: collections.deque[Reply] = collections.deque(maxlen=MAX_UNDELIVERED)
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.ctx.counters
+        trust = {f"trust:{name}": n for name, n in self.verifier.counters.items()}
+        return {**self.ctx.counters, **trust}
 
     # -- running ------------------------------------------------------------------------------
 
@@ -104,6 +134,7 @@ class GatewayService:
         workers = [
             asyncio.create_task(self._mqtt_loop(), name="gateway-mqtt"),
             asyncio.create_task(self._expiry_loop(), name="gateway-expiry"),
+            asyncio.create_task(self._verify_loop(), name="gateway-verify"),
         ]
         if self.broker is not None:
             workers.append(asyncio.create_task(self._snapshot_loop(), name="gateway-snapshot"))
@@ -156,11 +187,16 @@ class GatewayService:
                     for topic in SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
                     log.info("worker %s subscribed at %s", self.worker, self.endpoint.url)
+                    self._connected = client
                     self.ready.set()
                     backoff = self.limits.reconnect_min_s
+                    owed = list(self._undelivered)
+                    self._undelivered.clear()
+                    await self._send(client, owed)
                     async for message in client.messages:
                         await self._dispatch(client, message)
             except aiomqtt.MqttError as exc:
+                self._connected = None
                 self.ready.clear()
                 self.ctx.count("mqtt_reconnects")
                 log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, backoff)
@@ -201,6 +237,61 @@ class GatewayService:
     async def _enrol(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         await self._send(client, await self.router.handle(topic, payload))
 
+    async def _publish(self, replies: list[Reply]) -> None:
+        """Replies made away from a message (verifications resolved in the background)."""
+        client = self._connected
+        if client is None:
+            self._undelivered.extend(replies)  # the ledger keeps each result's latest ack too
+            return
+        await self._send(client, replies)
+
+    # -- verification: the gateway's own runs ------------------------------------------------
+
+    async def _verify_loop(self) -> None:
+        """Run what the trust layer owes (spot checks, rechecks, disagreements) and keep the
+        canary pool filled. Kernels run in a worker thread, one at a time, so MQTT handling
+        never waits for one; the queue is the ledger (tasks owed a run, read a small batch at a
+        time), so nothing is lost at a restart and memory stays bounded."""
+        broken: set[int] = set()  # tasks whose run raised: not retried by this worker
+        while True:
+            self._verify_wake.clear()
+            worked = False
+            for task in self.scheduler.spots_owed(frozenset(broken)):
+                worked = True
+                try:
+                    params = self.jobs.resolved_params(task.params_cbor)
+                    answer = await asyncio.to_thread(self.run_kernel, task.kernel, params)
+                except Exception:
+                    log.exception("the gateway's run of task %d failed", task.id)
+                    broken.add(task.id)
+                    continue
+                notices = self.scheduler.on_reference(task.id, answer, self.clock())
+                await self._publish(notice_replies(notices))
+                self.verified.set()
+            worked = await self._make_canary() or worked
+            if not worked:
+                # Woken by a result owing a run, a canary taken or missed; at the latest after
+                # a while (jobs submitted by another process do not wake it).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._verify_wake.wait(),
+                                           self.limits.expiry_max_wait_s)
+
+    async def _make_canary(self) -> bool:
+        """Precompute one canary's answer if the pool has room; True if one was added."""
+        wanted = self.verifier.next_canary(self.ledger.trust)
+        if wanted is None:
+            return False
+        template, params = wanted
+        try:
+            resolved = self.jobs.resolved_params(cbor.dumps(params))
+            answer = await asyncio.to_thread(self.run_kernel, template.kernel, resolved)
+        except Exception:
+            log.exception("a canary from task %d failed", template.id)
+            return False
+        self.verifier.add_canary(template, params, answer)
+        self.verified.set()
+        return True
+
     # -- lease expiry -------------------------------------------------------------------------
 
     def _note_deadline(self, deadline: float) -> None:
@@ -225,6 +316,7 @@ class GatewayService:
             self._expiry_wake.clear()
             if self.expire_now():
                 self.expired.set()
+            self.scheduler.sweep_replicas(self.clock())
             deadline = self.ledger.next_deadline()
             wait = self.limits.expiry_max_wait_s
             if deadline is not None:

@@ -182,6 +182,15 @@ class TrustPolicy:
 
     # --- devices ------------------------------------------------------------------------------
 
+    def load(self, devices: Iterable[DeviceTrust] = (), checks: Iterable[TaskCheck] = ()) -> None:
+        """Replace records and checks with their stored versions: where several gateway
+        workers share one ledger, the service reloads what a decision reads before making it."""
+        for record in devices:
+            self.devices[record.device_id] = record
+            self._touch(record)
+        for check in checks:
+            self.checks[check.task_id] = check
+
     def enrol(self, device_id: str, token_id: str) -> DeviceTrust:
         record = self.devices.setdefault(device_id, DeviceTrust(device_id, token_id))
         self._touch(record)

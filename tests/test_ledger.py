@@ -75,16 +75,17 @@ def test_open_sets_wal_foreign_keys_and_schema_version(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
         assert conn.execute("SELECT version, applied_at FROM schema_version").fetchall() == [
-            (1, 1.0)
+            (m.version, 1.0) for m in MIGRATIONS
         ]
         with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
             conn.execute("INSERT INTO device_speeds VALUES ('x' , 'k', 1.0, 1, 0.0)")
 
 
-V2_TRUST = Migration(
-    2,
+NEXT = len(MIGRATIONS) + 1
+V_NEXT = Migration(
+    NEXT,
     (
-        "ALTER TABLE devices ADD COLUMN trust REAL NOT NULL DEFAULT 0.5",
+        "ALTER TABLE devices ADD COLUMN rate REAL NOT NULL DEFAULT 0.5",
         "CREATE TABLE epochs (id INTEGER PRIMARY KEY, root BLOB NOT NULL)",
     ),
 )
@@ -92,40 +93,76 @@ V2_TRUST = Migration(
 
 def test_migration_from_an_older_version_keeps_the_data(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    with Ledger.open(path, now=0.0) as v1:
-        device = enrol_device(v1)
-        job = add_job(v1, tasks=3)
-    with Ledger.open(path, now=5.0, migrations=(*MIGRATIONS, V2_TRUST)) as v2:
-        conn = v2._conn
-        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == [1, 2]
-        assert conn.execute("SELECT trust FROM devices WHERE id = ?", (device,)).fetchone() == (
+    with Ledger.open(path, now=0.0) as current:
+        device = enrol_device(current)
+        job = add_job(current, tasks=3)
+    with Ledger.open(path, now=5.0, migrations=(*MIGRATIONS, V_NEXT)) as later:
+        conn = later._conn
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version")] == list(
+            range(1, NEXT + 1))
+        assert conn.execute("SELECT rate FROM devices WHERE id = ?", (device,)).fetchone() == (
             0.5,
         )
-        assert v2.progress(job, 5.0) is not None
-        assert v2.progress(job, 5.0).counts["queued"] == 3  # type: ignore[union-attr]
+        assert later.progress(job, 5.0) is not None
+        assert later.progress(job, 5.0).counts["queued"] == 3  # type: ignore[union-attr]
         assert conn.execute("SELECT count(*) FROM epochs").fetchone() == (0,)
+        assert later.check() == []
+
+
+def test_the_trust_migration_rebuilds_tasks_and_keeps_a_v1_ledgers_work(tmp_path: Path) -> None:
+    # A v1 file mid-job: a task done, a task leased, one queued; then the trust layer's v2.
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, now=0.0, migrations=MIGRATIONS[:1]) as v1:
+        device = enrol_device(v1)
+        job = v1.add_job("old", "montecarlo_pi", cbor.dumps({}), 0.0)
+        conn = v1._conn
+        conn.executemany(
+            "INSERT INTO tasks (job_id, stage, idx, kernel, params_cbor, work_units, "
+            "max_attempts, created_at) VALUES (?, 0, ?, 'montecarlo_pi', x'a0', 10, 3, 0)",
+            [(job, i) for i in range(3)])
+        conn.execute("UPDATE tasks SET state = 'leased' WHERE job_id = ? AND idx = 0", (job,))
+        conn.execute("INSERT INTO leases (id, task_id, job_id, device_id, work_units, "
+                     "issued_at, deadline) SELECT x'00112233445566778899aabbccddeeff', id, "
+                     "job_id, ?, 10, 1.0, 100.0 FROM tasks WHERE job_id = ? AND idx = 0",
+                     (device, job))
+        conn.execute("UPDATE jobs SET n_queued = 2, n_leased = 1, units_total = 30 WHERE id = ?",
+                     (job,))
+        conn.execute("UPDATE devices SET n_leased = 1 WHERE id = ?", (device,))
+    with Ledger.open(path, now=5.0) as v2:
+        conn = v2._conn
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # switched back on
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        ids = [bytes(w) for (w,) in conn.execute("SELECT wire_id FROM tasks WHERE job_id = ?",
+                                                 (job,))]
+        assert len(set(ids)) == 3 and all(len(w) == 16 for w in ids)
+        assert v2.progress(job, 5.0).counts == {  # type: ignore[union-attr]
+            "queued": 2, "leased": 1, "verifying": 0, "done": 0, "failed": 0, "canceled": 0}
+        assert v2.job(0) is not None and v2.job(0).name == "canaries"  # type: ignore[union-attr]
+        assert v2.fleet()["jobs_open"] == 1  # the hidden canary job is not a user's
         assert v2.check() == []
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     Ledger.open(path, now=0.0).close()
-    broken = Migration(2, ("ALTER TABLE devices ADD COLUMN trust REAL", "CREATE TABLE jobs (x)"))
+    broken = Migration(NEXT, ("ALTER TABLE devices ADD COLUMN rate REAL",
+                              "CREATE TABLE jobs (x)"))
     with pytest.raises(sqlite3.OperationalError, match="already exists"):
         Ledger.open(path, now=1.0, migrations=(*MIGRATIONS, broken))
     with Ledger.open(path, now=2.0) as ledger:
         columns = [row[1] for row in ledger._conn.execute("PRAGMA table_info(devices)")]
-        assert "trust" not in columns  # the first statement was rolled back with the second
-        assert ledger._conn.execute("SELECT max(version) FROM schema_version").fetchone() == (1,)
+        assert "rate" not in columns  # the first statement was rolled back with the second
+        assert ledger._conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            len(MIGRATIONS),)
 
 
 def test_a_newer_schema_or_gapped_migrations_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    Ledger.open(path, now=0.0, migrations=(*MIGRATIONS, V2_TRUST)).close()
+    Ledger.open(path, now=0.0, migrations=(*MIGRATIONS, V_NEXT)).close()
     with pytest.raises(SchemaError, match="newer than this code"):
         Ledger.open(path, now=1.0)
     with pytest.raises(SchemaError, match="without gaps"):
-        Ledger.open(tmp_path / "other.db", now=1.0, migrations=(Migration(2, ()),))
+        Ledger.open(tmp_path / "other.db", now=1.0, migrations=(Migration(NEXT, ()),))
 
 
 def test_enrol_tokens_are_one_time_and_a_repeat_is_idempotent(ledger: Ledger) -> None:
@@ -205,16 +242,21 @@ def test_the_database_refuses_a_second_active_lease_on_a_task(ledger: Ledger) ->
         task = tx.next_task(job)
         assert task is not None
         tx.lease_task(task, first, b"A" * 16, now=1.0, deadline=100.0)
-    # Even bypassing the queue (a bug, or a racing worker with a stale read), SQLite says no.
+    insert = ("INSERT INTO leases (id, task_id, job_id, device_id, work_units, issued_at, "
+              "deadline) VALUES (?, ?, ?, ?, 1, 1.0, 2.0)")
+    # Even bypassing the queue (a bug, or a racing worker with a stale read), SQLite refuses a
+    # second active lease of one task to one device (replicas go to other devices) ...
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), ledger.transaction():
-        ledger._conn.execute(
-            "INSERT INTO leases (id, task_id, job_id, device_id, work_units, issued_at, deadline)"
-            " VALUES (?, ?, ?, ?, 1, 1.0, 2.0)",
-            (b"B" * 16, task.id, job, second),
-        )
+        ledger._conn.execute(insert, (b"B" * 16, task.id, job, first))
     with pytest.raises(LedgerError, match="expected to change one row"), ledger.transaction() as tx:
         tx.lease_task(task, second, b"C" * 16, now=1.0, deadline=100.0)
     assert ledger.check() == []
+    # ... and the invariant check finds a second device's lease on a task that is not verifying.
+    with ledger.transaction():
+        ledger._conn.execute(insert, (b"D" * 16, task.id, job, second))
+    assert ledger.check()[0] == (
+        f"a leased task has exactly one active lease, a settled or queued one none: broken for "
+        f"[{task.id}]")
 
 
 def _plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str:

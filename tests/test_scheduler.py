@@ -8,6 +8,7 @@ Time is passed in everywhere; nothing sleeps.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import statistics
 import threading
@@ -31,6 +32,7 @@ from gateway.scheduler import (
     NOT_YOUR_LEASE,
     OFFLINE,
     OK,
+    PENDING,
     REJECTED,
     REPLICA,
     TASK_ALREADY_DONE,
@@ -44,6 +46,8 @@ from gateway.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from gateway.trust import DeviceTrust, TrustConfig
+from gateway.verifier import AckFields, Notice, Verifier, VerifierConfig
 from tests.test_ledger import RUN_STATE, add_job, enrol_device, result_of
 
 HOUR = 3600.0
@@ -86,7 +90,8 @@ def test_lease_complete_lifecycle_to_a_done_job_with_ordered_results(ledger: Led
     assert (outcome.stage_completed, outcome.job_state) == (0, "done")
     progress = ledger.progress(job, now + 1.0)
     assert progress is not None and progress.percent == 100.0 and progress.eta_s == 0.0
-    assert progress.counts == {"queued": 0, "leased": 0, "done": 5, "failed": 0, "canceled": 0}
+    assert progress.counts == {"queued": 0, "leased": 0, "verifying": 0, "done": 5, "failed": 0,
+                               "canceled": 0}
     results = ledger.job_results(job)
     assert [r.idx for r in results] == [0, 1, 2, 3, 4]
     assert [cbor.loads(r.result_cbor)["answer"] for r in results[1:]] == [1, 2, 3, 4]
@@ -162,7 +167,8 @@ def test_expired_leases_retry_until_max_attempts_then_the_job_fails(ledger: Ledg
     assert final.task_state == "failed"
     progress = ledger.progress(job, now=again.deadline + 1.0)
     assert progress is not None and progress.state == "failed"
-    assert progress.counts == {"queued": 0, "leased": 0, "done": 0, "failed": 1, "canceled": 2}
+    assert progress.counts == {"queued": 0, "leased": 0, "verifying": 0, "done": 0, "failed": 1,
+                               "canceled": 2}
     assert sched.lease(other, 1, HOUR, now=again.deadline + 2.0).reason == NO_WORK
     # A late result for the failed task is refused (and that refusal is itself idempotent).
     outcome = finish(sched, slow, again, now=again.deadline + 3.0)
@@ -529,3 +535,192 @@ def test_measure_leasing_and_completing_20000_tasks_over_500_devices(tmp_path: P
     assert ledger.check() == []
     assert report["completes_per_s"] > 100  # a floor far below what SQLite does; catches O(n^2)
     ledger.close()
+
+
+# -- with a verifier: the trust layer's transitions (docs/TRUST.md) -----------------------------
+
+
+def signed(fields: AckFields, seq: int) -> bytes:
+    """Acks as plain CBOR of what they say (the service signs the same fields)."""
+    return bytes(cbor.dumps({"status": fields.status, "code": fields.code, "seq": seq,
+                             "dev": fields.device_id, "task": fields.task}))
+
+
+def verifying(ledger: Ledger, **options: float) -> Scheduler:
+    config = TrustConfig(**{"warmup": 2, "canary_rate": 0.0, **options})  # type: ignore[arg-type]
+    verifier = Verifier.load(ledger.trust, config, VerifierConfig(replica_wait_s=60.0),
+                             random.Random(3))
+    return Scheduler(ledger, verifier=verifier, sign_ack=signed)
+
+
+def truth(lease: Lease) -> dict[str, int]:
+    return {"task": lease.task_id, "answer": 0}  # finish(..., answer=0) is right, others wrong
+
+
+def acks(notices: tuple[Notice, ...]) -> list[tuple[str, str, str]]:
+    return [(n.device_id, cbor.loads(n.ack)["status"], cbor.loads(n.ack)["code"])
+            for n in notices]
+
+
+def trust_of(sched: Scheduler, device: str) -> DeviceTrust:
+    record = sched.ledger.trust.device(device)  # the ledger is the truth
+    assert record is not None
+    return record
+
+
+def earn_trust(sched: Scheduler, device: str, now: float) -> None:
+    """Results verified by the gateway's own runs until the device is trusted."""
+    assert sched.verifier is not None
+    while not trust_of(sched, device).trusted(sched.verifier.policy.config):
+        [lease] = sched.lease(device, 1, HOUR, now).leases
+        assert finish(sched, device, lease, now).status == PENDING
+        sched.on_reference(lease.task_id, truth(lease), now)
+
+
+def test_a_result_is_pending_until_the_gateways_own_run_then_accepted(ledger: Ledger) -> None:
+    sched = verifying(ledger)
+    device = enrol_device(ledger)
+    job = add_job(ledger, tasks=1)
+    [lease] = sched.lease(device, 1, HOUR, 1.0).leases
+    outcome = finish(sched, device, lease, 2.0)
+    assert (outcome.status, outcome.code, outcome.job_state) == (PENDING, "verifying", None)
+    assert cbor.loads(outcome.ack or b"")["status"] == "pending"
+    assert ledger.progress(job, 2.0).counts["verifying"] == 1  # type: ignore[union-attr]
+    assert ledger.job_results(job) == [] and ledger.check() == []
+    assert [t.id for t in sched.spots_owed()] == [lease.task_id]
+    assert acks(sched.on_reference(lease.task_id, truth(lease), 3.0)) == [
+        (device, "accepted", "ok")]
+    assert ledger.progress(job, 3.0).state == "done"  # type: ignore[union-attr]
+    assert [r.task_id for r in ledger.job_results(job)] == [lease.task_id]
+    assert sched.spots_owed() == [] and ledger.check() == []
+    again = finish(sched, device, lease, 4.0)  # a repeat: the latest ack, nothing changes
+    assert again.duplicate and cbor.loads(again.ack or b"")["status"] == "accepted"
+
+
+def test_wrong_answers_are_replaced_by_the_gateways_and_quarantine_the_device(
+    ledger: Ledger,
+) -> None:
+    sched = verifying(ledger)
+    cheat = enrol_device(ledger)
+    teach_speed_free = Scheduler(ledger)  # give the cheater a speed, so a pull holds 3 leases
+    job = add_job(ledger, tasks=5)
+    [probe] = teach_speed_free.lease(cheat, 1, HOUR, 1.0).leases
+    assert finish(teach_speed_free, cheat, probe, 2.0).status == ACCEPTED
+    first, second, third = sched.lease(cheat, 3, HOUR, 3.0).leases
+    assert finish(sched, cheat, first, 4.0, answer=1).status == PENDING
+    assert acks(sched.on_reference(first.task_id, truth(first), 5.0)) == [
+        (cheat, "rejected", "invalid")]
+    [output] = [r for r in ledger.job_results(job) if r.task_id == first.task_id]
+    assert cbor.loads(output.result_cbor) == truth(first)  # the gateway's result, not the lie
+    assert finish(sched, cheat, second, 6.0, answer=1).status == PENDING
+    assert acks(sched.on_reference(second.task_id, truth(second), 7.0)) == [
+        (cheat, "rejected", "invalid")]
+    assert sched.lease(cheat, 1, HOUR, 8.0).reason == "quarantined"
+    assert ledger.progress(job, 8.0).counts["queued"] == 2  # type: ignore[union-attr]
+    late = finish(sched, cheat, third, 9.0)  # its lease was taken back at the quarantine
+    assert (late.status, late.code) == (REJECTED, "quarantined")
+    assert ledger.device_counters(cheat)["units_accepted"] == probe.work_units
+    assert ledger.check() == []
+
+
+def test_a_replica_of_a_new_devices_task_goes_to_a_trusted_device_and_settles_both(
+    ledger: Ledger,
+) -> None:
+    sched = verifying(ledger)
+    veteran, newcomer = enrol_device(ledger), enrol_device(ledger)
+    job = add_job(ledger, tasks=6)
+    earn_trust(sched, veteran, 1.0)
+    [lease] = sched.lease(newcomer, 1, HOUR, 2.0).leases
+    assert finish(sched, newcomer, lease, 3.0).status == PENDING
+    assert sched.lease(newcomer, 1, HOUR, 3.0).leases[0].task_id != lease.task_id  # not twice
+    replica = sched.lease(veteran, 1, HOUR, 4.0).leases[0]
+    assert (replica.task_id, replica.wire_id) == (lease.task_id, lease.wire_id)
+    assert ledger.check() == []  # a verifying task holding a replica lease is consistent
+    outcome = finish(sched, veteran, replica, 5.0)
+    assert (outcome.status, acks(outcome.notices)) == (ACCEPTED, [
+        (newcomer, "accepted", "ok")])
+    assert ledger.progress(job, 5.0).counts["done"] == 3  # type: ignore[union-attr]
+    assert ledger.check() == []
+
+
+def test_an_untaken_or_expired_replica_goes_to_the_gateways_own_run(ledger: Ledger) -> None:
+    sched = verifying(ledger)
+    veteran, newcomer = enrol_device(ledger), enrol_device(ledger)
+    add_job(ledger, tasks=4)
+    earn_trust(sched, veteran, 1.0)
+    [lease] = sched.lease(newcomer, 1, HOUR, 2.0).leases
+    assert finish(sched, newcomer, lease, 3.0).status == PENDING
+    replica = sched.lease(veteran, 1, HOUR, 4.0).leases[0]
+    assert replica.task_id == lease.task_id
+    expired = sched.expire(replica.deadline + 1.0)
+    assert [(e.task_id, e.task_state) for e in expired] == [(lease.task_id, "verifying")]
+    assert sched.sweep_replicas(replica.deadline + 2.0) == 0  # wanted again, not yet stale
+    assert sched.sweep_replicas(replica.deadline + 100.0) == 1
+    assert [t.id for t in sched.spots_owed()] == [lease.task_id]
+    assert acks(sched.on_reference(lease.task_id, truth(lease), replica.deadline + 101.0)) == [
+        (newcomer, "accepted", "ok")]
+    assert ledger.check() == []
+
+
+def test_canaries_lease_from_the_pool_look_real_and_are_judged_at_once(ledger: Ledger) -> None:
+    sched = verifying(ledger, canary_rate=0.999)
+    verifier = sched.verifier
+    assert verifier is not None
+    device = enrol_device(ledger)
+    job = add_job(ledger, tasks=3)
+    for _ in range(2):  # what the service's verify loop does, with the C kernel's answer
+        wanted = verifier.next_canary(ledger.trust)
+        assert wanted is not None and wanted[0].job_id == job
+        verifier.add_canary(wanted[0], wanted[1], {"canary": 1})
+    [canary] = sched.lease(device, 1, HOUR, 1.0).leases
+    assert canary.job_id == 0 and canary.kernel == "montecarlo_pi"
+    assert cbor.loads(canary.params_cbor).keys() == {"seed", "points"}
+    digest, blob = result_of({"canary": 1})
+    outcome = sched.complete(canary.lease_id, device, digest, blob, b"r", 2.0)
+    assert (outcome.status, outcome.code) == (ACCEPTED, "ok")  # no wait: the answer was known
+    [given_back] = sched.lease(device, 1, HOUR, 3.0).leases
+    assert given_back.job_id == 0
+    assert [e.task_state for e in sched.expire(given_back.deadline + 1.0)] == ["canceled"]
+    late = sched.complete(given_back.lease_id, device, *result_of({"canary": 2}), b"r",
+                          given_back.deadline + 2.0)
+    assert (late.status, late.code) == (REJECTED, "invalid")  # judged like any late result
+    hidden = ledger.progress(0, 9.0)
+    assert hidden is not None and hidden.state == "running"  # the canary job never ends
+    assert hidden.counts["done"] == 1 and hidden.counts["canceled"] == 1
+    assert ledger.check() == []
+
+
+def test_a_caught_device_has_its_trusted_results_rechecked_before_assembly(
+    ledger: Ledger,
+) -> None:
+    sched = verifying(ledger)
+    assert sched.verifier is not None
+    cheat = enrol_device(ledger)
+    job = add_job(ledger, tasks=400)
+    earn_trust(sched, cheat, 1.0)
+    with ledger.transaction():  # a long clean record: checked at the floor rate only
+        ledger._conn.execute("UPDATE devices SET streak = 100000, valid = 100000 WHERE id = ?",
+                             (cheat,))
+    on_trust: list[Lease] = []
+    while True:  # wrong every time: accepted unchecked until the floor-rate check comes
+        [lease] = sched.lease(cheat, 1, HOUR, 2.0).leases
+        outcome = finish(sched, cheat, lease, 2.0, answer=1)
+        if outcome.status == PENDING:
+            break
+        assert outcome.status == ACCEPTED
+        on_trust.append(lease)
+    assert 1 <= len(on_trust) < 300  # expected 19 at the 5 % floor
+    assert acks(sched.on_reference(lease.task_id, truth(lease), 3.0)) == [
+        (cheat, "rejected", "invalid")]
+    # The catch reopened everything it had accepted on trust: out of the output again.
+    assert {t.id for t in ledger.trust.spots_owed(1000)} == {x.task_id for x in on_trust}
+    assert ledger.progress(job, 3.0).counts["verifying"] == len(on_trust)  # type: ignore[union-attr]
+    while owed := sched.spots_owed():
+        for task in owed:
+            sched.on_reference(task.id, truth(next(x for x in on_trust if x.task_id == task.id)),
+                               4.0)
+    assert trust_of(sched, cheat).quarantined
+    outputs = {r.task_id: cbor.loads(r.result_cbor) for r in ledger.job_results(job)}
+    assert [outputs[x.task_id] for x in on_trust] == [truth(x) for x in on_trust]
+    assert ledger.device_counters(cheat)["n_accepted"] == TrustConfig(warmup=2).warmup
+    assert ledger.check() == []
