@@ -44,8 +44,8 @@ lint: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
-	$(PY) -m benchmarks.kernels
+demo: $(STAMP) system-deps
+	$(PY) scripts/demo.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kernels

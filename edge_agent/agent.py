@@ -226,7 +226,9 @@ class Agent:
         if outcome == "leases":
             return
         if outcome == "no_work":
-            self._note_idle()
+            # Only "empty" means there is nothing to do; unfit, rate_limited or busy pass.
+            if link.last_no_work_code == "empty":
+                self._note_idle()
             if not self._finished():
                 await wait_or_timeout(link.stopping, link.retry_after_s)
             return

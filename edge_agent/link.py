@@ -2,7 +2,8 @@
 
 * the **connection loop** keeps an MQTT session up (reconnecting with jittered exponential
   backoff), receives the inbox, publishes the retained ``state`` document (on change, at most
-  once per ``state_every_s``) and re-sends every unacked result after each (re)connect;
+  once per ``state_every_s``) and re-sends every unacked result after each (re)connect and,
+  while connected, each one still unacked ``resend_after_s`` after it was last sent;
 * **inbox dispatch** checks every message (size, CBOR, schema or signature) and acts on it:
   leases go to the work loop, acks and final errors to the outbox, replies to their waiters;
 * **requests**: ``pull`` (wait for ``leases`` or ``no_work``) and blobs (``blob_get`` in parts,
@@ -15,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,9 @@ from edge_agent.state_doc import StateReport, offline_document
 log = logging.getLogger(__name__)
 
 MAX_BLOB_BYTES = 1 << 24  # the largest kernel operand (gemm_i8 MAX_OPERAND)
+# A result still unacked this long after it was (re)sent is sent again: the gateway sheds
+# messages when its queue is full, and a lost ack leaves nothing else to trigger a re-send.
+RESEND_AFTER_S = 30.0
 INBOX_LIMIT = protocol.MAX_PAYLOAD["inbox"]
 # Gateway errors about one of our results that will not change on a re-send: stop re-sending it.
 FINAL_RESULT_ERRORS = frozenset(
@@ -94,6 +99,7 @@ class Link:
         stats: Stats,
         report: StateReport,
         on_leases: Callable[[list[bytes]], None],
+        resend_after_s: float = RESEND_AFTER_S,
     ) -> None:
         self.credentials = credentials
         self.device_id = device_id
@@ -104,9 +110,14 @@ class Link:
         self.report = report
         self.handlers: dict[str, Callable[[bytes], None]] = {}
         self.connected = asyncio.Event()
+        # This session's first state document is out: the gateway judges a pull by the last
+        # state it has, so a pull that overtook it would get "unfit: no_state, retry in 60 s".
+        self.state_sent = asyncio.Event()
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()  # a lease, an ack or a connection arrived: look again
         self.retry_after_s = 1.0  # from the last no_work
+        self.last_no_work_code = ""  # "empty" means the gateway has no work at all
+        self.resend_after_s = resend_after_s
         self._on_leases = on_leases
         self._client: aiomqtt.Client | None = None
         self._pull_waiters: dict[int, asyncio.Future[str]] = {}
@@ -134,6 +145,9 @@ class Link:
             will=aiomqtt.Will(self._topic("state"), offline_document(), qos=1, retain=True),
             timeout=self.config.reply_timeout_s,
             max_queued_incoming_messages=self.config.max_queued_incoming,
+            # Pulls and results are small packets that wait for an answer: without NODELAY,
+            # Nagle holds each until the broker's delayed ACK (~40 ms, measured at the gateway).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def run(self) -> None:
@@ -157,6 +171,7 @@ class Link:
             finally:
                 self._client = None
                 self.connected.clear()
+                self.state_sent.clear()
                 for waiter in self._pull_waiters.values():
                     if not waiter.done():
                         waiter.set_result("disconnected")
@@ -192,9 +207,27 @@ class Link:
             await cancel_and_wait([*workers, stop])
 
     async def _resend(self, client: aiomqtt.Client) -> None:
+        """Re-send every unacked result now (a new session), then each one still unacked
+        ``resend_after_s`` after it was last sent. The gateway keys results by lease: a repeat
+        gets the stored ack again, so a re-send is never counted twice."""
+        loop = asyncio.get_running_loop()
+        sent_at: dict[bytes, float] = {}
         for entry in self.store.unacked():
             await client.publish(self._topic("result"), entry.sealed, qos=1)
+            sent_at[entry.lease] = loop.time()
             self.stats.bump("results_resent")
+        while True:
+            await asyncio.sleep(self.resend_after_s / 2)  # re-send pacing, not synchronisation
+            now = loop.time()
+            pending = self.store.unacked()
+            for entry in pending:
+                # A result the work loop published since the last look was sent about now.
+                if now - sent_at.setdefault(entry.lease, now) >= self.resend_after_s:
+                    await client.publish(self._topic("result"), entry.sealed, qos=1)
+                    sent_at[entry.lease] = now
+                    self.stats.bump("results_resent_timeout")
+            live = {entry.lease for entry in pending}
+            sent_at = {lease: at for lease, at in sent_at.items() if lease in live}
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -219,6 +252,7 @@ class Link:
                 continue
             await client.publish(self._topic("state"), doc, qos=1, retain=True)
             report.mark_sent(loop.time())
+            self.state_sent.set()
             self.stats.bump("states_sent")
 
     async def publish(self, kind: str, payload: bytes) -> bool:
@@ -272,6 +306,7 @@ class Link:
         elif kind == "no_work":
             self.stats.bump("no_work:" + body["code"])
             self.retry_after_s = float(body["retry"])
+            self.last_no_work_code = body["code"]
             self._resolve_pull(body["req"], "no_work")
         elif kind == "blob_part":
             waiter = self._blob_waiters.get(body["req"])
@@ -329,6 +364,7 @@ class Link:
         self._pull_waiters[req] = waiter
         body = protocol.message("pull", req=req, n=cfg.pull_n, secs=cfg.pull_secs, kernels=kernels)
         try:
+            await wait_or_timeout(self.state_sent, cfg.reply_timeout_s)
             if not await self.publish("pull", protocol.encode(body)):
                 return "publish_failed"
             self.stats.bump("pulls")
