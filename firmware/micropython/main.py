@@ -5,9 +5,18 @@ import gc
 import json
 import sys
 
-from edge_board import config, device
-from edge_board.agent import Agent
-from edge_board.store import Store
+# The leaves first, the agent last: a module's bytecode is allocated before its own imports run,
+# so importing the agent first leaves its code in the middle of the heap and every later module
+# around it (on the unix port, 128 KB then fails on a 640-byte block with 40 KB free). Ed25519 goes
+# first: its table's garbage is collected before anything long-lived lands between its points.
+for _name in ("edge_agent.core.ed25519", "edge_agent.core.governor", "edge_agent.core.protocol",
+              "edge_board.store", "edge_board.inbox", "edge_board.link"):
+    __import__(_name)
+    gc.collect()
+
+from edge_board import config, device  # noqa: E402 - after the imports above, on purpose
+from edge_board.agent import Agent  # noqa: E402
+from edge_board.store import Store  # noqa: E402
 
 
 def main(path):

@@ -6,6 +6,7 @@
 # ack for it is stored. Claims (docs/REWARDS.md) slot in as an inbox handler plus a publish of
 # core.rewards.build_claim over Store.acks().
 import gc
+import sys
 import time
 
 from edge_agent.core import blobs, ed25519, protocol
@@ -68,6 +69,17 @@ def check_lease(sealed, gateway_pub, device_id, now, kernels):
     return body
 
 
+def release_kernel(name):
+    """Forget a kernel's module between tasks (the next task imports it again, in a few ms): on
+    the unix port its bytecode is heap, and a twin the next task does not run is dead weight
+    while that task signs."""
+    sys.modules.pop(registry.__name__ + "." + name, None)
+    try:  # not dir(registry): it looks up every name, REGISTRY too, which imports every kernel
+        delattr(registry, name)
+    except (AttributeError, KeyError):  # not imported (MicroPython raises KeyError)
+        pass
+
+
 def next_chunk(done, elapsed_s, target_s):
     """Units for the next chunk from the last one's speed; grows at most 4x per chunk."""
     if elapsed_s <= 0:
@@ -98,7 +110,7 @@ class Agent:
         self.inbox.on_ack = self._wake_up
         self.governor = Governor(Settings(**cfg.governor))
         self.report = statedoc.StateReport()
-        self.kernels = sorted(cfg.kernels or registry.REGISTRY)
+        self.kernels = sorted(cfg.kernels or registry.NAMES)
         self.pending = []  # verified leases not started yet
         self.held = []  # started, stopped by the governor (checkpointed)
         self.tasks_done = 0
@@ -287,9 +299,13 @@ class Agent:
         print("edge: start %s %s %d units" % (hex8(task.lease["task"]), task.lease["kernel"],
                                               total))
         began = time.ticks_ms()
-        if self._compute(task, kernel, params, total, state):
-            ms = time.ticks_diff(time.ticks_ms(), began)
-            retry_on_memory(self._finish, task, kernel, params, state, ms)
+        done = self._compute(task, kernel, params, total, state)
+        ms = time.ticks_diff(time.ticks_ms(), began)
+        result = kernel.result(params, state) if done else None
+        del kernel, prepared  # the twin is not needed to sign: let its module go first
+        release_kernel(task.lease["kernel"])
+        if done:
+            retry_on_memory(self._finish, task, result, ms)
 
     def _compute(self, task, kernel, params, total, state):
         """Run chunks while the governor allows; False if the task was stopped or dropped."""
@@ -335,9 +351,9 @@ class Agent:
         self.store.save_checkpoint(task.lease_id, task.sealed, task.started, task.state)
         self.stats.bump("checkpoints")
 
-    def _finish(self, task, kernel, params, state, ms):
+    def _finish(self, task, result, ms):
         """Seal the result and store it durably (dropping the checkpoint) before any publish."""
-        lease, result = task.lease, kernel.result(params, state)
+        lease = task.lease
         body = protocol.message("result", lease=lease["lease"], task=lease["task"],
                                 dev=self.device_id, kernel=lease["kernel"],
                                 rhash=protocol.result_hash(result), units=lease["units"],
