@@ -25,12 +25,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from edge_agent import kernels
+from edge_agent.claims import Claims
 from edge_agent.core import blobs, protocol
 from edge_agent.core.governor import PAUSE, RUN, STOP, Decision, Governor
 from edge_agent.devices import Device
 from edge_agent.identity import StateDir
 from edge_agent.leases import Task, check_lease
-from edge_agent.link import FetchError, Link
+from edge_agent.link import FetchError, Link, cancel_and_wait
 from edge_agent.outbox import Checkpoint, OutboxEntry, Store
 from edge_agent.runtime import AgentConfig, Stats, wait_or_timeout
 from edge_agent.state_doc import StateReport
@@ -100,6 +101,9 @@ class Agent:
         )
         # Inbox message types handled elsewhere: type -> handler(payload) (see Link).
         self.handlers = self.link.handlers
+        self.claims = Claims(self.store, self.device_id, self.gateway_pub, self.identity.sign,
+                             self.stats)
+        self.handlers.update(self.claims.handlers)
         self.tasks_done = 0
         self._executor = executor
         self._on_progress = on_progress
@@ -124,12 +128,23 @@ class Agent:
         """Work until stop(), or the --max-tasks / --exit-when-idle condition holds."""
         self._resume_checkpoints()
         connection = asyncio.create_task(self.link.run(), name="edge-agent-mqtt")
+        link = self.link
+        claiming = asyncio.create_task(
+            self.claims.run(link.publish, link.connected, link.stopping, self._busy),
+            name="edge-agent-claims")
         try:
             await self._work_loop()
+            # Done by itself: claim what is acked (the receipts wait in the session's inbox).
+            await self.claims.send(link.publish, all_of_them=True)
         finally:
             self.stop()
+            await cancel_and_wait([claiming])
             await connection
             self.store.close()
+
+    def _busy(self) -> bool:
+        """Working, or waiting for acks: claims wait for full batches (edge_agent/claims.py)."""
+        return self._current is not None or bool(self.store.unacked())
 
     def _finished(self) -> bool:
         if self.link.stopping.is_set():

@@ -31,6 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--termux-command", default="termux-battery-status", help="Termux battery command"
     )
     _add_state_dir(status, "where config.toml (the owner's settings) is")
+    earnings = sub.add_parser(
+        "earnings", help="credit per epoch, proofs checked offline, claims (docs/REWARDS.md)"
+    )
+    earnings.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    earnings.add_argument(
+        "--dispute",
+        action="store_true",
+        help="write an evidence file for each epoch that pays less than the gateway acked",
+    )
+    earnings.add_argument(
+        "--out", default=None, help="where --dispute writes evidence (default: the state dir)"
+    )
+    _add_state_dir(earnings, "the enrolled state directory")
     return parser
 
 
@@ -160,13 +173,42 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def earnings(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from edge_agent.earnings import earnings_report, render, write_disputes
+    from edge_agent.identity import IdentityError, StateDir
+
+    state = StateDir(args.state_dir)
+    try:
+        if args.dispute:
+            written = write_disputes(state, Path(args.out) if args.out else state.root)
+            for epoch, path in written:
+                verdict = f"evidence written to {path}" if path else "nothing to dispute"
+                print(f"epoch {epoch}: {verdict}")
+            if not written:
+                print("no verified settlement yet: nothing to dispute")
+            return 0
+        report = earnings_report(state)
+    except IdentityError as exc:
+        print(f"edge-agent earnings: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        render(report, Console())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    commands = {"status": status, "init": init, "run": run, "swarm": swarm}
+    commands = {"status": status, "init": init, "run": run, "swarm": swarm, "earnings": earnings}
     return commands[args.command](args)
 
 

@@ -18,6 +18,7 @@ with it); blobs are only a cache, so losing one costs a refetch, never a result.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -62,6 +63,35 @@ CREATE TABLE IF NOT EXISTS blobs (
     used INTEGER NOT NULL          -- LRU stamp: a counter, so equal clocks cannot tie
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Rewards (docs/REWARDS.md): every ack by the gateway's seq, for claims and disputes (the acks
+-- table above keeps only each result's latest); claims sent; verified settlement proofs.
+CREATE TABLE IF NOT EXISTS ack_log (
+    seq INTEGER PRIMARY KEY,
+    lease BLOB NOT NULL,
+    receipt_id BLOB NOT NULL,      -- protocol.receipt_id of our signed result body
+    status TEXT NOT NULL,
+    credit INTEGER NOT NULL,       -- cumulative, as the gateway signed it
+    at INTEGER NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    credit INTEGER NOT NULL,
+    sealed BLOB NOT NULL,          -- the signed claim, re-sent unchanged until answered
+    sent_at INTEGER NOT NULL,
+    status TEXT,                   -- NULL until the receipt: accepted or rejected
+    code TEXT,
+    receipt BLOB                   -- the gateway's signed claim receipt
+);
+CREATE TABLE IF NOT EXISTS settlements (
+    epoch INTEGER PRIMARY KEY,
+    closed_at INTEGER NOT NULL,
+    credit INTEGER NOT NULL,
+    message BLOB NOT NULL,         -- the settlement message as received: re-verifiable offline
+    stored_at INTEGER NOT NULL
+);
 """
 
 
@@ -82,6 +112,55 @@ class StoredAck:
     seq: int
     credit: int
     sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedAck:
+    """One ack as the gateway numbered it (``ack_log``)."""
+
+    seq: int
+    lease: bytes
+    receipt_id: bytes
+    status: str
+    credit: int
+    at: int
+    sealed: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class SentClaim:
+    first: int
+    last: int
+    root: bytes
+    credit: int
+    sealed: bytes
+    sent_at: int
+    status: str | None  # None: no receipt yet
+    code: str | None
+    receipt: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSettlement:
+    epoch: int
+    closed_at: int
+    credit: int
+    message: bytes
+    stored_at: int
+
+
+def _signed_body(sealed: bytes) -> dict[str, Any] | None:
+    """The body map of a sealed message and its bytes' receipt id, or None for other bytes."""
+    try:
+        envelope = cbor2.loads(sealed)
+        body_bytes = envelope["b"]
+        body = cbor2.loads(body_bytes)
+    except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError):
+        return None
+    if not isinstance(body, dict) or not isinstance(body_bytes, bytes):
+        return None
+    body["_receipt_id"] = hashlib.sha256(body_bytes).digest()  # protocol.receipt_id
+    return body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +269,100 @@ class Store:
                     "sealed) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (ack.lease, ack.task, ack.rhash, ack.status, ack.seq, ack.credit, ack.sealed),
                 )
+            self._log_ack(db, ack)
             db.execute("DELETE FROM outbox WHERE lease = ?", (ack.lease,))
         return True
+
+    @staticmethod
+    def _log_ack(db: sqlite3.Connection, ack: StoredAck) -> None:
+        """Every ack by its seq (a pending ack and the final one of the same result are two),
+        with the receipt id of our result it answers: from the outbox entry at the first ack,
+        from the log at later ones. Bytes that are not sealed messages (tests of the outbox
+        alone) are not logged: nothing could be claimed with them."""
+        signed = _signed_body(ack.sealed)
+        row = db.execute("SELECT sealed FROM outbox WHERE lease = ?", (ack.lease,)).fetchone()
+        result = _signed_body(row[0]) if row else None
+        if result is not None:
+            receipt_id = result["_receipt_id"]
+        else:
+            logged = db.execute("SELECT receipt_id FROM ack_log WHERE lease = ? LIMIT 1",
+                                (ack.lease,)).fetchone()
+            receipt_id = None if logged is None else logged[0]
+        if signed is None or receipt_id is None:
+            return
+        db.execute(
+            "INSERT OR IGNORE INTO ack_log (seq, lease, receipt_id, status, credit, at, sealed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ack.seq, ack.lease, receipt_id, ack.status, ack.credit, signed["at"], ack.sealed),
+        )
+
+    # -- rewards: the ack log, claims, settlements ---------------------------------------------
+
+    def logged_acks(self) -> list[LoggedAck]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, lease, receipt_id, status, credit, at, sealed FROM ack_log "
+                "ORDER BY seq"
+            ).fetchall()
+        return [LoggedAck(*row) for row in rows]
+
+    def unclaimed_acks(self) -> list[LoggedAck]:
+        """Logged acks no claim covers yet (whatever that claim's answer: a rejected range is
+        not claimed again by itself), in seq order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, lease, receipt_id, status, credit, at, sealed FROM ack_log AS a "
+                "WHERE NOT EXISTS (SELECT 1 FROM claims AS c WHERE a.seq BETWEEN c.first AND "
+                "c.last) ORDER BY seq"
+            ).fetchall()
+        return [LoggedAck(*row) for row in rows]
+
+    def add_claim(self, claim: SentClaim) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO claims (first, last, root, credit, sealed, sent_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (claim.first, claim.last, claim.root, claim.credit, claim.sealed, claim.sent_at),
+            )
+
+    def answer_claim(self, first: int, root: bytes, status: str, code: str,
+                     receipt: bytes) -> bool:
+        """Store the receipt of our claim starting at ``first`` with this root; False when no
+        such claim was sent or it was answered already (a repeat changes nothing)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE claims SET status = ?, code = ?, receipt = ? WHERE first = ? AND "
+                "root = ? AND status IS NULL",
+                (status, code, receipt, first, root),
+            )
+        return cur.rowcount > 0
+
+    def claims(self) -> list[SentClaim]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT first, last, root, credit, sealed, sent_at, status, code, receipt "
+                "FROM claims ORDER BY first"
+            ).fetchall()
+        return [SentClaim(*row) for row in rows]
+
+    def store_settlement(self, settled: StoredSettlement) -> bool:
+        """Keep a verified proof; one per epoch (False when one is kept already)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO settlements (epoch, closed_at, credit, message, stored_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (settled.epoch, settled.closed_at, settled.credit, settled.message,
+                 settled.stored_at),
+            )
+        return cur.rowcount > 0
+
+    def settlements(self) -> list[StoredSettlement]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT epoch, closed_at, credit, message, stored_at FROM settlements "
+                "ORDER BY epoch"
+            ).fetchall()
+        return [StoredSettlement(*row) for row in rows]
 
     def acks(self) -> list[StoredAck]:
         with self._lock:

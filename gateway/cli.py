@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,15 +15,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiomqtt
+
+from edge_agent.core import rewards
+from gateway import dispute
 from gateway.accounts import ServeInfo
 from gateway.broker import Broker, BrokerEndpoint, BrokerError
 from gateway.config import StatePaths, default_state_dir
+from gateway.epochs import (
+    EpochError,
+    mark_published,
+    owed_proofs,
+    settle_epoch,
+    settlements_dir,
+    write_missing_files,
+)
 from gateway.jobflow import JobFlow
 from gateway.jobspec import JobError, load_job
 from gateway.keys import GatewayKey
 from gateway.ledger import Ledger
-from gateway.service import GatewayService
+from gateway.passwords import GATEWAY_USERNAME
+from gateway.service import MQTT_LOG, GatewayService
 from gateway.tokens import DEFAULT_TTL_S, create_tokens
+from gateway.wire import Reply
 
 EXIT_USAGE = 2
 
@@ -171,6 +186,71 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- settle -----------------------------------------------------------------------------------
+
+PUBLISH_WINDOW = 1000  # proofs in flight (QoS 1, awaiting PUBACK) while publishing
+
+
+async def _publish_as_gateway(paths: StatePaths, info: ServeInfo, replies: list[Reply]) -> None:
+    """Publish on the running serve's broker as the gateway account (its gateway listener);
+    returns once the broker has every message (PUBACK): it queues them for offline devices."""
+    password = (paths.root / "broker" / "gateway.password").read_text().strip()
+    endpoint = BrokerEndpoint.from_url(info.gateway_url, GATEWAY_USERNAME, password)
+    async with aiomqtt.Client(endpoint.host, endpoint.port, username=endpoint.username,
+                              password=endpoint.password, timeout=30.0,
+                              identifier=f"edge-gateway-settle-{os.getpid()}",
+                              logger=MQTT_LOG) as client:
+        for start in range(0, len(replies), PUBLISH_WINDOW):
+            await asyncio.gather(*(client.publish(r.topic, r.payload, qos=1)
+                                   for r in replies[start:start + PUBLISH_WINDOW]))
+
+
+def _settle(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    key = GatewayKey.load_or_create(paths.key)
+    out = Path(args.out) if args.out else settlements_dir(paths)
+    with Ledger.open(paths.ledger, time.time()) as ledger:
+        try:
+            settled = settle_epoch(ledger, key, time.time)
+        except EpochError as exc:
+            print(f"edge-gateway settle: {exc}", file=sys.stderr)
+            return 1
+        started = time.perf_counter()
+        write_missing_files(ledger, out, key.pub)
+        write_s = time.perf_counter() - started
+        info = ServeInfo.load(paths.serve_info)
+        sent, publish_s = 0, 0.0
+        if info is not None:  # else the service sends them when it next connects
+            started = time.perf_counter()
+            epochs, replies = owed_proofs(ledger)
+            asyncio.run(_publish_as_gateway(paths, info, replies))
+            mark_published(ledger, epochs, time.time())
+            sent, publish_s = len(replies), time.perf_counter() - started
+    s = settled.settlement
+    stem = out / f"epoch-{s.epoch:06d}"
+    report = {"epoch": s.epoch, "devices": s.header["n"], "total": s.header["total"],
+              "closed_at": s.header["closed_at"], "root": s.root.hex(),
+              "header_hash": s.header_hash.hex(), "files": [str(stem) + ".json",
+                                                            str(stem) + ".cbor"],
+              "proofs_sent": sent, "close_s": round(settled.close_s, 4),
+              "write_s": round(write_s, 4), "publish_s": round(publish_s, 4)}
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    print(f"epoch {s.epoch} closed at {s.header['closed_at']}: {s.header['n']} devices, "
+          f"{s.header['total'] / rewards.MICRO:,.6f} credits, root {s.root.hex()}")
+    print(f"  files: {stem}.json, {stem}.cbor")
+    proofs = f"sent to {sent} devices" if info else "owed (no serve runs: it sends them)"
+    print(f"  proofs: {proofs}; close {settled.close_s:.3f} s, write {write_s:.3f} s, "
+          f"publish {publish_s:.3f} s")
+    return 0
+
+
+def _verify_dispute(args: argparse.Namespace) -> int:
+    argv = [args.file] + ([] if args.gateway_pub is None else ["--gateway-pub", args.gateway_pub])
+    return dispute.main(argv)
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -213,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="devices, queue, counters")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
+
+    settle = sub.add_parser("settle", parents=[common],
+                            help="close an epoch: sign the credit root, write files, send proofs")
+    settle.add_argument("--out", metavar="DIR",
+                        help="where the settlement files go (default: STATE_DIR/settlements)")
+    settle.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    settle.set_defaults(run=_settle)
+
+    verify = sub.add_parser("verify-dispute", help="judge a device's underpayment evidence")
+    verify.add_argument("file", help="evidence file (JSON) from `edge-agent earnings --dispute`")
+    verify.add_argument("--gateway-pub", metavar="HEX",
+                        help="the gateway's public key (32 bytes as hex) to require")
+    verify.set_defaults(run=_verify_dispute)
     return parser
 
 

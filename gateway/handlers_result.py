@@ -26,16 +26,18 @@ from gateway.wire import Rejection, Reply
 _LIMIT = protocol.MAX_PAYLOAD["result"]
 
 
-def ack_signer(key: GatewayKey, clock: Callable[[], float]) -> AckSigner:
-    """Signs an ack (docs/PROTOCOL.md) with the device's next sequence number."""
+def ack_signer(key: GatewayKey, clock: Callable[[], float],
+               credit_of: Callable[[str, int], int]) -> AckSigner:
+    """Signs an ack (docs/PROTOCOL.md) with the device's next sequence number and its
+    cumulative credit after it, ``credit_of(device, seq)``: the ledger's record of that ack
+    (``Ledger.ack_credit``, read in the transaction that stores the ack), so a signed ack never
+    says other than the ledger (docs/REWARDS.md)."""
 
     def sign(fields: AckFields, seq: int) -> bytes:
         ack = protocol.message(
             "ack", lease=fields.lease_id, task=fields.task, dev=fields.device_id,
             rhash=fields.result_hash, status=fields.status, code=fields.code, seq=seq,
-            # Cumulative credit: the rewards issue fills it from the device's accepted results
-            # (fields.work_units x the kernel's rate, accepted only); 0 until then.
-            credit=0, at=int(clock()))
+            credit=credit_of(fields.device_id, seq), at=int(clock()))
         return bytes(protocol.seal(ack, key.sign))
 
     return sign

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_agent.core import cbor
 from gateway.ledger_check import problems
+from gateway.ledger_rewards import RewardsRows
 from gateway.ledger_schema import MIGRATIONS, Migration, migrate
 from gateway.ledger_trust import TrustRows
 from gateway.ledger_tx import (
@@ -168,6 +169,17 @@ class Ledger:
         """The trust layer's rows, for reads outside a transaction (the verifier's queues)."""
         return TrustRows(self._conn)
 
+    @property
+    def rewards(self) -> RewardsRows:
+        """The rewards' rows (acks by seq, claims, epochs): reads outside a transaction, or
+        writes on ``tx.conn`` inside one."""
+        return RewardsRows(self._conn)
+
+    def ack_credit(self, device_id: str, seq: int) -> int:
+        """The cumulative credit of a device's ack ``seq``. Called by the ack signer inside the
+        transaction that records the ack (same connection: it sees the uncommitted row)."""
+        return LedgerTx(self._conn).ack_credit(device_id, seq)
+
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._conn.execute(sql, args).fetchall()
         return rows
@@ -307,7 +319,7 @@ class Ledger:
 
     def device_counters(self, device_id: str) -> dict[str, int]:
         names = ("n_leased", "n_accepted", "n_replica", "n_rejected", "n_expired",
-                 "n_released", "units_accepted")
+                 "n_released", "units_accepted", "ack_seq", "credit")
         rows = self._rows(f"SELECT {', '.join(names)} FROM devices WHERE id = ?", (device_id,))
         return dict(zip(names, rows[0], strict=True)) if rows else {}
 

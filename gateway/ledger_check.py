@@ -73,6 +73,30 @@ _INVARIANTS = {
     "a task is failed only after max_attempts": (
         "SELECT id FROM tasks WHERE state = 'failed' AND attempts < max_attempts"
     ),
+    # Rewards (v3, docs/REWARDS.md).
+    "a device's credit is what its results earned": (
+        "WITH r AS (SELECT device_id, sum(credit) AS credit FROM results GROUP BY device_id) "
+        "SELECT d.id FROM devices AS d LEFT JOIN r ON r.device_id = d.id WHERE "
+        + _differs([("d.credit", "r.credit")])
+    ),
+    "a device's acks are numbered up to its ack_seq, credit never decreasing": (
+        "SELECT a.device_id FROM (SELECT device_id, seq, credit, lag(credit) OVER "
+        "(PARTITION BY device_id ORDER BY seq) AS before FROM acks) AS a "
+        "JOIN devices AS d ON d.id = a.device_id "
+        "WHERE a.seq > d.ack_seq OR a.credit < coalesce(a.before, 0) OR a.credit > d.credit"
+    ),
+    "a claim covers acks of its device": (
+        "SELECT c.device_id FROM claims AS c JOIN devices AS d ON d.id = c.device_id "
+        "WHERE c.last > d.ack_seq OR c.credit IS NOT (SELECT a.credit FROM acks AS a "
+        "WHERE a.device_id = c.device_id AND a.seq = c.last)"
+    ),
+    "an epoch's n and total are its leaves', each at most the device's credit": (
+        "WITH l AS (SELECT epoch, count(*) AS n, sum(credit) AS total FROM settlement_leaves "
+        "GROUP BY epoch) SELECT s.epoch FROM settlements AS s LEFT JOIN l ON l.epoch = s.epoch "
+        "WHERE " + _differs([("s.n", "l.n"), ("s.total", "l.total")])
+        + " UNION SELECT sl.epoch FROM settlement_leaves AS sl JOIN devices AS d "
+        "ON d.id = sl.device_id WHERE sl.credit > d.credit"
+    ),
 }
 
 

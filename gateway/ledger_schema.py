@@ -4,7 +4,8 @@ A migration is a version number and a tuple of SQL statements. ``migrate`` appli
 the file's version in order, each in its own ``BEGIN IMMEDIATE`` transaction together with the row
 that records it, so a migration is applied entirely or not at all, and two gateway workers opening
 the same file at once cannot both apply it. Later issues append migrations (credit, epochs); an
-applied migration is never edited. v2 is the trust layer's (docs/TRUST.md, docs/LEDGER.md).
+applied migration is never edited. v2 is the trust layer's (docs/TRUST.md, docs/LEDGER.md), v3
+the rewards' (docs/REWARDS.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from edge_agent.core import rewards
 
 
 class SchemaError(RuntimeError):
@@ -243,7 +246,75 @@ V2_TRUST = Migration(
     rebuilds=True,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_WORK_LOOP, V2_TRUST)
+
+def _credit_sql(units: str, kernel: str) -> str:
+    """SQL for ``rewards.credit(kernel, units)`` (floor of units x the kernel's rate; 0 for a
+    kernel without a rate), to credit what was accepted before v3."""
+    cases = " ".join(f"WHEN '{name}' THEN {units} * {micro} / {per}"
+                     for name, (micro, per) in sorted(rewards.RATES.items()))
+    return f"CASE {kernel} {cases} ELSE 0 END"
+
+
+# Rewards (docs/REWARDS.md): each device's cumulative credit, every ack it was sent (its seq,
+# the result it answers, the cumulative credit it carried), its accepted claims, and the closed
+# epochs. A result's `credit` is what it earned when it became accepted (NULL: never); it stays
+# when a recheck later finds it wrong, because the signed acks already carried it.
+V3_REWARDS = Migration(
+    3,
+    (
+        "ALTER TABLE devices ADD COLUMN credit INTEGER NOT NULL DEFAULT 0 CHECK (credit >= 0)",
+        "ALTER TABLE results ADD COLUMN credit INTEGER CHECK (credit >= 0)",
+        # SHA-256 of the receipt's signed body (protocol.receipt_id): what claims list.
+        "ALTER TABLE results ADD COLUMN receipt_id BLOB "
+        "CHECK (receipt_id IS NULL OR length(receipt_id) = 32)",
+        "CREATE INDEX results_receipt ON results(receipt_id) WHERE receipt_id IS NOT NULL",
+        """CREATE TABLE acks (
+            device_id TEXT NOT NULL REFERENCES devices(id),
+            seq INTEGER NOT NULL CHECK (seq >= 1),
+            result_id INTEGER NOT NULL REFERENCES results(id),
+            status TEXT NOT NULL,
+            credit INTEGER NOT NULL CHECK (credit >= 0),
+            PRIMARY KEY (device_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE claims (
+            device_id TEXT NOT NULL REFERENCES devices(id),
+            first INTEGER NOT NULL,
+            last INTEGER NOT NULL CHECK (last >= first),
+            root BLOB NOT NULL CHECK (length(root) = 32),
+            credit INTEGER NOT NULL,
+            claimed_at REAL NOT NULL,
+            claim BLOB NOT NULL,
+            receipt BLOB NOT NULL,
+            PRIMARY KEY (device_id, first)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE settlements (
+            epoch INTEGER PRIMARY KEY CHECK (epoch >= 1),
+            closed_at INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            total INTEGER NOT NULL,
+            root BLOB NOT NULL CHECK (length(root) = 32),
+            header_hash BLOB NOT NULL CHECK (length(header_hash) = 32),
+            sealed_header BLOB NOT NULL,
+            settled_at REAL NOT NULL,
+            published_at REAL
+        )""",
+        """CREATE TABLE settlement_leaves (
+            epoch INTEGER NOT NULL REFERENCES settlements(epoch),
+            device_id TEXT NOT NULL REFERENCES devices(id),
+            credit INTEGER NOT NULL,
+            PRIMARY KEY (epoch, device_id)
+        ) WITHOUT ROWID""",
+        # Work accepted before v3 is credited now; its acks said 0, later ones say the sum.
+        "UPDATE results SET credit = (SELECT "
+        + _credit_sql("l.work_units", "t.kernel")
+        + " FROM leases AS l JOIN tasks AS t ON t.id = l.task_id WHERE l.id = results.lease_id)"
+        " WHERE status = 'accepted'",
+        "UPDATE devices SET credit = (SELECT coalesce(sum(r.credit), 0) FROM results AS r "
+        "WHERE r.device_id = devices.id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (V1_WORK_LOOP, V2_TRUST, V3_REWARDS)
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.core import cbor, protocol, rewards
+
 TASK_COLUMNS = (
     "id, job_id, stage, idx, kernel, params_cbor, work_units, state, attempts, max_attempts, "
     "wire_id"
@@ -45,6 +47,24 @@ _REPLICA_WANTED = (
 
 class LedgerError(RuntimeError):
     """A transition the ledger's state does not allow (a bug in the caller, not bad input)."""
+
+
+def receipt_id_of(receipt: bytes) -> bytes | None:
+    """``protocol.receipt_id`` of a stored receipt (the sealed ``result`` envelope as received):
+    what a device's claim lists for it. None when the bytes are not an envelope (a caller other
+    than the wire handler: such a result can be acked, not claimed)."""
+    try:
+        envelope = cbor.loads(receipt)
+    except ValueError:
+        return None
+    body = envelope.get("b") if isinstance(envelope, dict) else None
+    return protocol.receipt_id(body) if isinstance(body, bytes) else None
+
+
+def task_credit(kernel: str, work_units: int) -> int:
+    """Micro-credits of an accepted task (``rewards.credit``); 0 for a kernel without a rate
+    (none of the registry's: a test kernel)."""
+    return rewards.credit(kernel, work_units) if kernel in rewards.RATES else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,18 +238,46 @@ class LedgerTx:
         in the transaction that stored the result (or, for a result stored without one, in the
         first repeat's); then the same bytes for every repeat. ``renew``: the result's status
         changed (a verification resolved): a new ack with a higher seq replaces the old one."""
-        row = self._one("SELECT ack FROM results WHERE id = ?", (result_id,))
+        row = self._one("SELECT ack, status FROM results WHERE id = ?", (result_id,))
         if row is None:
             raise LedgerError(f"no result {result_id}")
         if row[0] is not None and not renew:
             return bytes(row[0])
         seq = self._one(
-            "UPDATE devices SET ack_seq = ack_seq + 1 WHERE id = ? RETURNING ack_seq", (device_id,)
+            "UPDATE devices SET ack_seq = ack_seq + 1 WHERE id = ? RETURNING ack_seq, credit",
+            (device_id,),
         )
         assert seq is not None  # a result's device exists (foreign key)
+        # Recorded before the ack is signed: the signer reads the credit from this row
+        # (ack_credit), so every signed ack says what the ledger holds for its seq.
+        self._conn.execute(
+            "INSERT INTO acks (device_id, seq, result_id, status, credit) VALUES (?, ?, ?, ?, ?)",
+            (device_id, int(seq[0]), result_id, row[1], int(seq[1])),
+        )
         ack = build(int(seq[0]))
         self._update_one("UPDATE results SET ack = ? WHERE id = ?", (ack, result_id))
         return ack
+
+    def ack_credit(self, device_id: str, seq: int) -> int:
+        """The cumulative credit recorded for a device's ack ``seq`` (by ``store_ack``)."""
+        row = self._one("SELECT credit FROM acks WHERE device_id = ? AND seq = ?",
+                        (device_id, seq))
+        if row is None:
+            raise LedgerError(f"no ack {seq} of device {device_id}")
+        return int(row[0])
+
+    def credit_result(self, result_id: int, device_id: str, task_id: int, work_units: int
+                      ) -> None:
+        """A result became accepted: it earns its task's credit once (a result credited before
+        keeps what it earned), added to its device's cumulative credit, which never
+        decreases: the acks sent already carry it."""
+        kernel = self._one("SELECT kernel FROM tasks WHERE id = ?", (task_id,))
+        assert kernel is not None  # a result's task exists (foreign key)
+        credit = task_credit(str(kernel[0]), work_units)
+        if self._conn.execute("UPDATE results SET credit = ? WHERE id = ? AND credit IS NULL",
+                              (credit, result_id)).rowcount:
+            self._update_one("UPDATE devices SET credit = credit + ? WHERE id = ?",
+                             (credit, device_id))
 
     def set_result_status(self, result: ResultRow, work_units: int, status: str, code: str
                           ) -> None:
@@ -247,6 +295,8 @@ class LedgerTx:
         changes.append("units_accepted = units_accepted + ?")
         self._update_one(f"UPDATE devices SET {', '.join(changes)} WHERE id = ?",
                          (units, result.device_id))
+        if status == "accepted":
+            self.credit_result(result.id, result.device_id, result.task_id, work_units)
 
     def complete_lease(self, lease_id: bytes, now: float) -> None:
         """The lease's result arrived (whatever its verdict will be)."""
@@ -336,9 +386,10 @@ class LedgerTx:
         task's measured time."""
         cursor = self._conn.execute(
             "INSERT INTO results (lease_id, task_id, device_id, result_hash, result_cbor, "
-            "receipt, received_at, status, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "receipt, received_at, status, code, receipt_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (lease.id, lease.task_id, lease.device_id, result_hash, result_cbor, receipt, now,
-             status, code),
+             status, code, receipt_id_of(receipt)),
         )
         counter = _RESULT_COUNTERS.get(status)
         count = f"{counter} = {counter} + 1, " if counter else ""
@@ -350,6 +401,9 @@ class LedgerTx:
             (credited, worked, now, lease.device_id),
         )
         assert cursor.lastrowid is not None
+        if status == "accepted":
+            self.credit_result(cursor.lastrowid, lease.device_id, lease.task_id,
+                               lease.work_units)
         return cursor.lastrowid
 
     def finish_task(

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from edge_agent.core import protocol
+from gateway.handlers_claim import handle_claim
 from gateway.handlers_device import Context, handle_blob, handle_pull, handle_state
 from gateway.handlers_enrol import AccountBatcher, handle_enrol
 from gateway.handlers_result import handle_result
@@ -25,6 +26,7 @@ DEVICE_HANDLERS: dict[str, Handler] = {
     "pull": handle_pull,
     "blob": handle_blob,
     "result": handle_result,
+    "claim": handle_claim,
 }
 
 

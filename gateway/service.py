@@ -25,6 +25,7 @@ from edge_agent.core import cbor, protocol
 from gateway.accounts import Accounts, ServeInfo
 from gateway.broker import Broker, BrokerEndpoint
 from gateway.config import ServiceLimits, StatePaths
+from gateway.epochs import mark_published, owed_proofs
 from gateway.handlers_device import Context
 from gateway.handlers_enrol import AccountBatcher
 from gateway.handlers_result import ack_signer, notice_replies
@@ -38,6 +39,19 @@ from gateway.verifier import Verifier, VerifierConfig
 from gateway.wire import Reply
 
 log = logging.getLogger(__name__)
+
+
+class _NoPendingPublishes(logging.Filter):
+    """aiomqtt warns for every publish while more than 10 await their PUBACK, which is how the
+    gateway sends (bounded by ServiceLimits.max_unacked_replies): one line per proof of an
+    epoch. Everything else it logs is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith("pending publish calls.")
+
+
+MQTT_LOG = logging.getLogger("gateway.mqtt")
+MQTT_LOG.addFilter(_NoPendingPublishes())
 
 Clock = Callable[[], float]
 SHARE_GROUP = "$share/gw/"
@@ -101,7 +115,8 @@ class GatewayService:
         self.verifier = Verifier.load(self.ledger.trust, trust, verifier_config, trust_rng)
         self.scheduler = Scheduler(self.ledger, scheduler_config, self.jobs.advance,
                                    on_job_done=self.jobs.finish, verifier=self.verifier,
-                                   sign_ack=ack_signer(self.key, clock))
+                                   sign_ack=ack_signer(self.key, clock,
+                                                       self.ledger.ack_credit))
         self.run_kernel = run_kernel
         self.ctx = Context(self.ledger, self.scheduler, self.key, self.jobs, clock, self.limits,
                            self._note_deadline)
@@ -135,6 +150,7 @@ class GatewayService:
             asyncio.create_task(self._mqtt_loop(), name="gateway-mqtt"),
             asyncio.create_task(self._expiry_loop(), name="gateway-expiry"),
             asyncio.create_task(self._verify_loop(), name="gateway-verify"),
+            asyncio.create_task(self._settlement_loop(), name="gateway-settlements"),
         ]
         if self.broker is not None:
             workers.append(asyncio.create_task(self._snapshot_loop(), name="gateway-snapshot"))
@@ -170,6 +186,7 @@ class GatewayService:
             self.endpoint.host, self.endpoint.port,
             username=self.endpoint.username, password=self.endpoint.password,
             identifier=f"edge-gateway-{self.worker}",
+            logger=MQTT_LOG,
             clean_session=False,  # results sent while this worker is away are queued for it
             queue_type=_shedding_queue(self.ctx.count),
             max_queued_incoming_messages=self.limits.incoming_queue,
@@ -193,6 +210,7 @@ class GatewayService:
                     owed = list(self._undelivered)
                     self._undelivered.clear()
                     await self._send(client, owed)
+                    await self.publish_settlements()
                     async for message in client.messages:
                         await self._dispatch(client, message)
             except aiomqtt.MqttError as exc:
@@ -244,6 +262,27 @@ class GatewayService:
             self._undelivered.extend(replies)  # the ledger keeps each result's latest ack too
             return
         await self._send(client, replies)
+
+    # -- settlements: proofs nobody has published yet -----------------------------------------
+
+    async def publish_settlements(self) -> int:
+        """Send every device its proof of each epoch not published yet (closed while no serve
+        ran, or by a settle that could not reach the broker: gateway/epochs.py); the number
+        of epochs. Devices hold persistent sessions, so offline ones get theirs on reconnect."""
+        client = self._connected
+        if client is None:
+            return 0
+        epochs, replies = owed_proofs(self.ledger)
+        await self._send(client, replies)
+        mark_published(self.ledger, epochs, self.clock())
+        if epochs:
+            self.ctx.count("settlement_proofs_sent", len(replies))
+        return len(epochs)
+
+    async def _settlement_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.expiry_max_wait_s)  # a timer: epochs are rare
+            await self.publish_settlements()
 
     # -- verification: the gateway's own runs ------------------------------------------------
 

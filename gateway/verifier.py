@@ -50,7 +50,8 @@ class AckFields:
     status: str  # accepted, pending or rejected
     code: str
     # The gateway's count of the work: credit = work units x the kernel's rate, for accepted
-    # results only (docs/REWARDS.md; the ack's credit field is filled by the rewards issue).
+    # results only, added to the device's cumulative credit by the ledger (set_result_status),
+    # which the ack then carries (docs/REWARDS.md; handlers_result.ack_signer).
     work_units: int
 
 

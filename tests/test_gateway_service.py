@@ -19,7 +19,7 @@ import nacl.signing
 import pytest
 
 from edge_agent import kernels
-from edge_agent.core import blobs, cbor, protocol
+from edge_agent.core import blobs, cbor, protocol, rewards
 from gateway import jobs
 from gateway.broker import Broker, BrokerEndpoint
 from gateway.config import ServiceLimits, StatePaths
@@ -320,7 +320,11 @@ def test_enrol_state_pull_run_result_ack_and_the_job_output(tmp_path: Path) -> N
         # own run settles it and a second signed ack (the next seq) says accepted.
         assert [device.statuses(lease) for lease in leases] == [
             [("pending", "verifying", seq), ("accepted", "ok", seq + 1)] for seq in (1, 3, 5, 7)]
-        assert {a["credit"] for lease in leases for a in device.acks[lease["lease"]]} == {0}
+        # Credit is added once, when a result becomes accepted: pending acks carry it unchanged.
+        each = rewards.credit("montecarlo_pi", leases[0]["units"])
+        assert [[a["credit"] for a in device.acks[lease["lease"]]] for lease in leases] == [
+            [k * each, (k + 1) * each] for k in range(4)
+        ]
         report = gw.service.jobs.report(job_id)
         assert report["state"] == "done" and report["percent"] == 100.0
         assert report["output"] == jobs.compute_locally(spec)
