@@ -314,7 +314,21 @@ V3_REWARDS = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (V1_WORK_LOOP, V2_TRUST, V3_REWARDS)
+# A device is never leased the same task twice (scheduler.lease): after a lease of its expired,
+# another device must do it, or one device could be credited twice for one task (seen when a
+# gateway restart expired leases whose results then arrived late). This index answers "has this
+# device held a lease on this task?" for the queued-task query.
+V4_ONE_LEASE_PER_DEVICE = Migration(
+    4,
+    ("CREATE INDEX leases_device_task ON leases(device_id, task_id)",),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    V1_WORK_LOOP,
+    V2_TRUST,
+    V3_REWARDS,
+    V4_ONE_LEASE_PER_DEVICE,
+)
 
 
 def current_version(conn: sqlite3.Connection) -> int:

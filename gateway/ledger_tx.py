@@ -184,12 +184,23 @@ class LedgerTx:
         )
         return None if row is None else int(row[0])
 
-    def next_task(self, job_id: int) -> TaskRow | None:
-        row = self._one(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? AND state = 'queued' "
-            "ORDER BY stage, idx LIMIT 1",
-            (job_id,),
-        )
+    def next_task(self, job_id: int, device_id: str | None = None) -> TaskRow | None:
+        """The job's first queued task; with ``device_id``, the first this device never held a
+        lease on (a retried task goes to another device, so nobody is credited twice)."""
+        if device_id is None:
+            row = self._one(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? AND state = 'queued' "
+                "ORDER BY stage, idx LIMIT 1",
+                (job_id,),
+            )
+        else:
+            row = self._one(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE job_id = ? AND state = 'queued' "
+                "AND NOT EXISTS (SELECT 1 FROM leases AS l "
+                "WHERE l.task_id = tasks.id AND l.device_id = ?) "
+                "ORDER BY stage, idx LIMIT 1",
+                (job_id, device_id),
+            )
         return None if row is None else TaskRow(*row)
 
     def task(self, task_id: int) -> TaskRow:

@@ -266,7 +266,7 @@ class Scheduler:
                 return LeaseReply((), BUSY if n > 0 else NO_WORK)
             pull = _Pull(self, tx.speeds(device_id), seconds, now)
             skipped: set[int] = set()  # jobs whose next task does not fit
-            unrunnable: set[int] = set()  # jobs whose next task's kernel the device lacks
+            unrunnable: set[int] = set()  # jobs with nothing this device may run
             tried: set[int] = set()  # replicas offered in this pull
             checked_slot = -1  # the slot a replica or canary was last considered for
             leases: list[Lease] = []
@@ -281,8 +281,11 @@ class Scheduler:
                 job_id = tx.next_job(skipped)
                 if job_id is None:
                     break
-                task = tx.next_task(job_id)
-                assert task is not None  # next_job only returns jobs with queued tasks
+                task = tx.next_task(job_id, device_id)
+                if task is None:  # its queued tasks were all this device's before: not again
+                    unrunnable.add(job_id)
+                    skipped.add(job_id)
+                    continue
                 if kernels is not None and task.kernel not in kernels:
                     unrunnable.add(job_id)
                     skipped.add(job_id)

@@ -35,7 +35,8 @@ def _sources() -> list[str]:
 
 
 def _cflags() -> list[str]:
-    flags = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    flags = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wextra"]
+    flags.append("-Wno-unused-parameter")
     if platform.machine().lower() in {"aarch64", "arm64"}:
         flags.append("-march=armv8-a")
     flags += shlex.split(os.environ.get("EDGE_NATIVE_CFLAGS", ""))

@@ -270,10 +270,13 @@ def _plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str:
          "ORDER BY priority DESC, vpass, id LIMIT 1", (), "jobs_pick"),
         ("SELECT id FROM tasks WHERE job_id = ? AND state = 'queued' ORDER BY stage, idx LIMIT 1",
          (1,), "tasks_queue"),
+        ("SELECT id FROM tasks WHERE job_id = ? AND state = 'queued' AND NOT EXISTS (SELECT 1 "
+         "FROM leases AS l WHERE l.task_id = tasks.id AND l.device_id = ?) "
+         "ORDER BY stage, idx LIMIT 1", (1, "d"), "leases_device_task"),
         ("SELECT id FROM leases WHERE state = 'active' AND deadline < ? ORDER BY deadline LIMIT 9",
          (1.0,), "leases_active_deadline"),
         ("SELECT count(*) FROM leases WHERE device_id = ? AND state = 'active'", ("d",),
-         "leases_active_device"),
+         "leases_active_device|leases_device_task"),
         ("UPDATE leases SET state = 'released' WHERE task_id = ? AND state = 'active'", (1,),
          "leases_active_task"),
         ("SELECT id FROM results WHERE lease_id = ?", (b"x",), "sqlite_autoindex_results_1"),
@@ -286,7 +289,8 @@ def test_hot_queries_use_their_index(
     ledger: Ledger, sql: str, args: tuple[object, ...], index: str
 ) -> None:
     plan = _plan(ledger._conn, sql, args)
-    assert index in plan and "TEMP B-TREE" not in plan, plan
+    # "a|b": either index answers the query from one range (the planner's choice).
+    assert any(i in plan for i in index.split("|")) and "TEMP B-TREE" not in plan, plan
 
 
 CHILD = """

@@ -160,8 +160,10 @@ def test_expired_leases_retry_until_max_attempts_then_the_job_fails(ledger: Ledg
         (first.task_id, "queued"), (bystander.task_id, "queued")
     ]
     assert ledger.check() == []
-    # The same task comes back first (lowest index) and expires again: attempts are used up.
-    [again] = sched.lease(slow, 1, HOUR, now=first.deadline + 2.0).leases
+    # The same task comes back first (lowest index), to a device that never held it (never to
+    # `slow` again: see test_a_device_is_never_leased_the_same_task_twice), and expires again:
+    # attempts are used up.
+    [again] = sched.lease(other, 1, HOUR, now=first.deadline + 2.0).leases
     assert again.task_id == first.task_id and again.lease_id != first.lease_id
     [final] = sched.expire(now=again.deadline + 1.0)
     assert final.task_state == "failed"
@@ -171,11 +173,12 @@ def test_expired_leases_retry_until_max_attempts_then_the_job_fails(ledger: Ledg
                                "canceled": 2}
     assert sched.lease(other, 1, HOUR, now=again.deadline + 2.0).reason == NO_WORK
     # A late result for the failed task is refused (and that refusal is itself idempotent).
-    outcome = finish(sched, slow, again, now=again.deadline + 3.0)
+    outcome = finish(sched, other, again, now=again.deadline + 3.0)
     assert (outcome.status, outcome.code) == (REJECTED, LEASE_EXPIRED)
-    repeat = finish(sched, slow, again, now=again.deadline + 4.0)
+    repeat = finish(sched, other, again, now=again.deadline + 4.0)
     assert (repeat.status, repeat.code, repeat.duplicate) == (REJECTED, LEASE_EXPIRED, True)
-    assert ledger.device_counters(slow)["n_expired"] == 2
+    assert ledger.device_counters(slow)["n_expired"] == 1
+    assert ledger.device_counters(other)["n_expired"] == 2
     assert ledger.check() == []
 
 
@@ -723,4 +726,24 @@ def test_a_caught_device_has_its_trusted_results_rechecked_before_assembly(
     outputs = {r.task_id: cbor.loads(r.result_cbor) for r in ledger.job_results(job)}
     assert [outputs[x.task_id] for x in on_trust] == [truth(x) for x in on_trust]
     assert ledger.device_counters(cheat)["n_accepted"] == TrustConfig(warmup=2).warmup
+    assert ledger.check() == []
+
+
+def test_a_device_is_never_leased_the_same_task_twice(ledger: Ledger) -> None:
+    """A task whose lease expired goes to another device: a second lease to the same device,
+    plus its first lease's late result, would credit it twice for one task."""
+    sched = Scheduler(ledger)
+    a, b = enrol_device(ledger), enrol_device(ledger)
+    add_job(ledger, tasks=1, max_attempts=3)
+    [first] = sched.lease(a, 1, HOUR, now=0.0).leases
+    sched.expire(now=first.deadline + 1.0)
+    again = sched.lease(a, 1, HOUR, now=first.deadline + 2.0)
+    assert again.leases == () and again.reason == NO_WORK
+    [other] = sched.lease(b, 1, HOUR, now=first.deadline + 3.0).leases
+    assert other.task_id == first.task_id
+    # a's late result still counts (BOINC's rule); b's is then a replica credited to nobody.
+    assert finish(sched, a, first, now=first.deadline + 4.0).status == ACCEPTED
+    assert finish(sched, b, other, now=first.deadline + 5.0).status != ACCEPTED
+    assert ledger.device_counters(a)["n_accepted"] == 1
+    assert ledger.device_counters(b)["n_accepted"] == 0
     assert ledger.check() == []
