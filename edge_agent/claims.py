@@ -22,8 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge_agent.core import protocol, rewards
-from edge_agent.identity import verify_ed25519
+from edge_agent.core import protocol, rewards, signing
 from edge_agent.outbox import LoggedAck, SentClaim, Store, StoredSettlement
 from edge_agent.runtime import Stats
 
@@ -60,7 +59,7 @@ class Claims:
     def on_receipt(self, payload: bytes) -> None:
         """A signed claim receipt: kept when it answers a claim of ours. Raises ProtocolError
         for anything else (the link counts it)."""
-        receipt, _, _ = protocol.open_sealed(payload, INBOX_LIMIT, verify_ed25519,
+        receipt, _, _ = protocol.open_sealed(payload, INBOX_LIMIT, signing.verify,
                                              self.gateway_pub, ("claim_receipt",))
         if receipt["dev"] != self.device_id:
             raise protocol.ProtocolError("bad_schema", f"receipt for device {receipt['dev']}")
@@ -75,7 +74,7 @@ class Claims:
 
     def on_settlement(self, payload: bytes) -> None:
         """A settlement proof: verified offline against the gateway's key, then kept."""
-        settled = rewards.verify_settlement(payload, self.gateway_pub, verify_ed25519,
+        settled = rewards.verify_settlement(payload, self.gateway_pub, signing.verify,
                                             self.device_id)
         fresh = self.store.store_settlement(StoredSettlement(
             settled["epoch"], settled["closed_at"], settled["credit"], payload, int(time.time())))
@@ -140,5 +139,5 @@ class Claims:
 
     def verified_settlements(self) -> list[dict[str, Any]]:
         """Every kept proof verified again (offline), oldest epoch first."""
-        return [rewards.verify_settlement(s.message, self.gateway_pub, verify_ed25519,
+        return [rewards.verify_settlement(s.message, self.gateway_pub, signing.verify,
                                           self.device_id) for s in self.store.settlements()]

@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.core import protocol, rewards
-from edge_agent.identity import StateDir, verify_ed25519
+from edge_agent.core import protocol, rewards, signing
+from edge_agent.identity import StateDir
 from edge_agent.outbox import Store
 
 __all__ = ["earnings_report", "render", "write_disputes"]
@@ -38,7 +38,7 @@ def _epoch_rows(store: Store, gw_pub: bytes, dev: str) -> tuple[list[dict[str, A
     acks = store.logged_acks()
     for stored in store.settlements():
         try:
-            settled = rewards.verify_settlement(stored.message, gw_pub, verify_ed25519, dev)
+            settled = rewards.verify_settlement(stored.message, gw_pub, signing.verify, dev)
         except (protocol.ProtocolError, rewards.RewardsError) as exc:
             rows.append({"epoch": stored.epoch, "verified": False, "why": str(exc)})
             continue
@@ -126,7 +126,7 @@ def write_disputes(state: StateDir, out_dir: Path) -> list[tuple[int, Path | Non
         store.close()
     written: list[tuple[int, Path | None]] = []
     for settled in verified:
-        evidence = rewards.dispute_from_settlement(settled, gw_pub, verify_ed25519, sealed_acks)
+        evidence = rewards.dispute_from_settlement(settled, gw_pub, signing.verify, sealed_acks)
         path = None
         if evidence is not None:
             path = out_dir / f"dispute-{dev}-epoch-{settled['epoch']:06d}.json"

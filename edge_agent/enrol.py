@@ -24,8 +24,8 @@ import aiomqtt
 import nacl.exceptions
 
 from edge_agent import kernels
-from edge_agent.core import cbor, protocol
-from edge_agent.identity import Credentials, GatewayAddress, Identity, StateDir, verify_ed25519
+from edge_agent.core import cbor, protocol, signing
+from edge_agent.identity import Credentials, GatewayAddress, Identity, StateDir
 
 DEFAULT_TIMEOUT_S = 30.0
 FINGERPRINT_LEN = 8  # bytes of SHA-256(gateway public key) in the token
@@ -101,7 +101,7 @@ def check_enrolled(reply: bytes, identity: Identity, token: Token) -> tuple[byte
             f"({token.fingerprint.hex()}): refusing it (wrong gateway, or someone in the middle)"
         )
     try:
-        body, _, _ = protocol.open_sealed(reply, limit, verify_ed25519, gw_pub, ("enrolled",))
+        body, _, _ = protocol.open_sealed(reply, limit, signing.verify, gw_pub, ("enrolled",))
     except protocol.ProtocolError as exc:
         raise EnrolError(f"the `enrolled` reply does not verify: {exc}") from None
     if body["dev"] != identity.device_id:

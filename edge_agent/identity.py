@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import nacl.exceptions
 import nacl.public
 import nacl.signing
 import platformdirs
@@ -59,15 +58,6 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def verify_ed25519(pub: bytes, message: bytes, signature: bytes) -> bool:
-    """The ``verify`` protocol.open_sealed takes: pynacl, never raising."""
-    try:
-        nacl.signing.VerifyKey(pub).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
-        return False
-    return True
 
 
 @dataclasses.dataclass(frozen=True)

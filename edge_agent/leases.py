@@ -7,8 +7,7 @@ import dataclasses
 from typing import Any
 
 from edge_agent import kernels
-from edge_agent.core import blobs, protocol
-from edge_agent.identity import verify_ed25519
+from edge_agent.core import blobs, protocol, signing
 
 MAX_LEASE_BYTES = 131072  # an item of `leases` (protocol.SCHEMAS["leases"])
 
@@ -40,7 +39,7 @@ def check_lease(sealed: bytes, gateway_pub: bytes, device_id: str, now: int) -> 
     references. The params themselves are validated by the kernel once blobs are resolved."""
     body: dict[str, Any]
     body, _, _ = protocol.open_sealed(
-        sealed, MAX_LEASE_BYTES, verify_ed25519, gateway_pub, ("lease",)
+        sealed, MAX_LEASE_BYTES, signing.verify, gateway_pub, ("lease",)
     )
     if body["dev"] != device_id:
         raise protocol.ProtocolError("not_your_lease", f"lease is for device {body['dev']}")

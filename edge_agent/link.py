@@ -22,8 +22,8 @@ from typing import Any
 
 import aiomqtt
 
-from edge_agent.core import cbor, protocol
-from edge_agent.identity import Credentials, verify_ed25519
+from edge_agent.core import cbor, protocol, signing
+from edge_agent.identity import Credentials
 from edge_agent.outbox import Store, StoredAck
 from edge_agent.runtime import AgentConfig, Stats, wait_or_timeout
 from edge_agent.state_doc import StateReport, offline_document
@@ -295,7 +295,7 @@ class Link:
             return
         if kind == "ack":
             ack, _, _ = protocol.open_sealed(
-                payload, INBOX_LIMIT, verify_ed25519, self.gateway_pub, ("ack",)
+                payload, INBOX_LIMIT, signing.verify, self.gateway_pub, ("ack",)
             )
             self._on_ack(ack, payload)
             return

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.core import rewards
-from gateway.settlement import nacl_verify
+from edge_agent.core import rewards, signing
 
 __all__ = ["build_parser", "main", "verify_dispute_file"]
 
@@ -29,7 +28,7 @@ def verify_dispute_file(path: Path, gateway_pub: bytes | None = None) -> dict[st
     contradiction with a key of their own, so a verdict means something only for the key you
     know is the gateway's. OSError or ValueError when the file is not readable JSON."""
     evidence = json.loads(path.read_text())
-    verdict: dict[str, Any] = rewards.check_dispute(evidence, nacl_verify)
+    verdict: dict[str, Any] = rewards.check_dispute(evidence, signing.verify)
     if gateway_pub is not None and verdict.get("gateway_pub") not in (None, gateway_pub):
         verdict.update(
             proven=False,

@@ -14,9 +14,8 @@ ledger sent that device and the claims it accepted before. The answer is a signe
 
 from __future__ import annotations
 
-from edge_agent.core import protocol
+from edge_agent.core import protocol, signing
 from gateway.handlers_device import Context
-from gateway.keys import verify_ed25519
 from gateway.settlement import check_claim, seal_claim_receipt
 from gateway.wire import Rejection, Reply
 
@@ -27,7 +26,7 @@ def handle_claim(ctx: Context, dev: str, payload: bytes) -> list[Reply]:
     pub = ctx.ledger.device_key(dev)
     if pub is None:
         raise Rejection("unknown_device", f"device {dev} is not enrolled")
-    claim, _, _ = protocol.open_sealed(payload, _LIMIT, verify_ed25519, pub, ("claim",))
+    claim, _, _ = protocol.open_sealed(payload, _LIMIT, signing.verify, pub, ("claim",))
     with ctx.ledger.transaction():  # the rows below run under its write lock
         rows = ctx.ledger.rewards
         first, last = claim["first"], claim["last"]

@@ -15,10 +15,9 @@ import logging
 import nacl.public
 import nacl.signing
 
-from edge_agent.core import cbor, protocol
+from edge_agent.core import cbor, protocol, signing
 from gateway.accounts import Accounts
 from gateway.handlers_device import Context
-from gateway.keys import verify_ed25519
 from gateway.ledger import ENROL_OK
 from gateway.wire import Rejection, Reply
 
@@ -102,7 +101,7 @@ def _sealed_credentials(pub: bytes, username: str, password: str) -> bytes:
 async def handle_enrol(ctx: Context, batcher: AccountBatcher, token_user: str,
                        payload: bytes) -> list[Reply]:
     claimed = protocol.peek_sealed(payload, _LIMIT, ("enrol",))
-    body, _, _ = protocol.open_sealed(payload, _LIMIT, verify_ed25519, claimed["pub"],
+    body, _, _ = protocol.open_sealed(payload, _LIMIT, signing.verify, claimed["pub"],
                                       ("enrol",))
     enrolment = ctx.ledger.enrol(token_user, body["token"], body["pub"], ctx.clock())
     if enrolment.code != ENROL_OK or enrolment.device_id is None:

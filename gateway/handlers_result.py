@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from edge_agent.core import cbor, protocol
+from edge_agent.core import cbor, protocol, signing
 from gateway import result_shape, trust
 from gateway.handlers_device import Context
-from gateway.keys import GatewayKey, verify_ed25519
+from gateway.keys import GatewayKey
 from gateway.verifier import AckFields, AckSigner, Notice
 from gateway.wire import Rejection, Reply
 
@@ -55,14 +55,14 @@ def _open(ctx: Context, dev: str, pub: bytes, payload: bytes
     lease_id = protocol.peek_sealed(payload, _LIMIT, ("result",))["lease"]
     found = ctx.ledger.lease_task(lease_id)
     if found is None or found[0].device_id != dev:
-        body, body_bytes, result = protocol.open_sealed(payload, _LIMIT, verify_ed25519, pub,
+        body, body_bytes, result = protocol.open_sealed(payload, _LIMIT, signing.verify, pub,
                                                         ("result",))
         return body, body_bytes, result
     lease, task = found
     try:
         receipt = trust.open_receipt(
             payload, pub, trust.LeaseBinding(lease.id, task.wire_id, dev, task.kernel),
-            verify_ed25519)
+            signing.verify)
         result_shape.check(task.kernel, cbor.loads(task.params_cbor), receipt.result)
     except protocol.ProtocolError as exc:
         raise Rejection(exc.code, exc.msg, lease_id) from None

@@ -14,7 +14,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import nacl.exceptions
 import nacl.signing
 
 SEED_LEN = 32
@@ -24,15 +23,6 @@ _PASSWORD_DOMAIN = b"edge-grid/mqtt-password/v1\x00"
 
 class GatewayKeyError(RuntimeError):
     """The key file exists but cannot be used."""
-
-
-def verify_ed25519(pub: bytes, message: bytes, signature: bytes) -> bool:
-    """protocol.open_sealed's verify: False for any bad key or signature, never raises."""
-    try:
-        nacl.signing.VerifyKey(pub).verify(message, signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
-        return False
-    return True
 
 
 class GatewayKey:

@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import cbor2
-import nacl.exceptions
-import nacl.signing
 
 from edge_agent import native
-from edge_agent.core import cbor, merkle, rewards
+from edge_agent.core import cbor, merkle, rewards, signing
 from edge_agent.core import protocol as p
 
 __all__ = [
@@ -46,7 +44,6 @@ __all__ = [
     "leaf_levels",
     "level_path",
     "load_settlement",
-    "nacl_verify",
     "seal_claim_receipt",
     "tree_levels",
 ]
@@ -68,15 +65,6 @@ _concat = cast(Callable[[bytes, bytes], bytes], operator.concat)
 
 class SettlementError(ValueError):
     """Input that cannot be settled, or a settlement file that does not verify."""
-
-
-def nacl_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
-    """The ``verify`` the portable core takes, with pynacl: False for any bad key or signature."""
-    try:
-        nacl.signing.VerifyKey(pub).verify(msg, sig)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        return False
-    return True
 
 
 # --- the tree and every proof -------------------------------------------------------------------
@@ -369,7 +357,7 @@ def load_settlement(path: Path, gateway_pub: bytes | None = None) -> Settlement:
     if gateway_pub is not None and pub != gateway_pub:
         raise SettlementError(f"{path}: signed by gateway key {pub.hex()}, not the one given")
     try:
-        header = rewards.open_epoch(sealed, pub, nacl_verify)
+        header = rewards.open_epoch(sealed, pub, signing.verify)
     except p.ProtocolError as e:
         raise SettlementError(f"{path}: epoch header: {e}") from None
     try:

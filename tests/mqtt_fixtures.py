@@ -8,10 +8,11 @@ that PUBACK reason codes (0x87 "not authorised" for an ACL-denied publish) can b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -19,6 +20,7 @@ import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.link import cancel_and_wait
 from gateway.broker import Broker, BrokerEndpoint
 from gateway.passwords import new_password
 
@@ -135,3 +137,23 @@ async def messages_until(
 
 def topics(messages: list[aiomqtt.Message]) -> list[str]:
     return [m.topic.value for m in messages]
+
+
+class Peer(Protocol):
+    async def serve(self, ready: asyncio.Event) -> None: ...
+
+
+PeerT = TypeVar("PeerT", bound=Peer)
+
+
+@contextlib.asynccontextmanager
+async def serving(peer: PeerT) -> AsyncIterator[PeerT]:
+    """Run a test's MQTT peer (the gateway or enrolment side) until the block ends; enter the
+    block only once it has subscribed (serve sets ready)."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(peer.serve(ready))
+    await asyncio.wait_for(ready.wait(), WAIT_S)
+    try:
+        yield peer
+    finally:
+        await cancel_and_wait([task])

@@ -8,24 +8,21 @@ answers `enrolled` (or `error bad_token`). The real gateway service is joined in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nacl.public
 import nacl.signing
 import pytest
 
-from edge_agent.core import cbor, protocol
+from edge_agent.core import cbor, protocol, signing
 from edge_agent.enrol import EnrolError, Token, enrol
-from edge_agent.identity import StateDir, verify_ed25519
-from edge_agent.link import cancel_and_wait
+from edge_agent.identity import StateDir
 from gateway.broker import Broker
-from tests.mqtt_fixtures import WAIT_S, mqtt_client
+from tests.mqtt_fixtures import mqtt_client, serving
 
 
 class EnrolPeer:
@@ -48,7 +45,7 @@ class EnrolPeer:
     def reply(self, data: bytes, token_user: str) -> bytes:
         limit = protocol.MAX_PAYLOAD["enrol"]
         pub = protocol.peek_sealed(data, limit, ("enrol",))["pub"]
-        body, _, _ = protocol.open_sealed(data, limit, verify_ed25519, pub, ("enrol",))
+        body, _, _ = protocol.open_sealed(data, limit, signing.verify, pub, ("enrol",))
         if self.secrets.pop(token_user, None) != body["token"]:
             return bytes(protocol.encode(protocol.message("error", code="bad_token", msg="no")))
         dev, password = protocol.device_id(pub), secrets.token_urlsafe(24)
@@ -72,17 +69,6 @@ class EnrolPeer:
                 await client.publish(protocol.enrol_reply_topic(token_user), answer, qos=1)
 
 
-@contextlib.asynccontextmanager
-async def running(peer: EnrolPeer) -> AsyncIterator[EnrolPeer]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(peer.serve(ready))
-    await asyncio.wait_for(ready.wait(), WAIT_S)
-    try:
-        yield peer
-    finally:
-        await cancel_and_wait([task])
-
-
 @pytest.fixture
 def peer(mqtt_broker: Broker) -> EnrolPeer:
     return EnrolPeer(mqtt_broker, nacl.signing.SigningKey.generate())
@@ -98,7 +84,7 @@ def test_enrol_stores_key_credentials_and_gateway_key_privately(
     state = StateDir(tmp_path / "dev")
 
     async def main() -> None:
-        async with running(peer):
+        async with serving(peer):
             identity, creds = await enrol(state, mqtt_broker.url, peer.new_token())
         assert creds.username == identity.device_id == state.load_identity().device_id
         # The stored credentials really log in as the device on the device listener.
@@ -153,7 +139,7 @@ def test_bad_token_reply_is_a_clear_error_and_stores_nothing(
     peer.secrets[user] = b"\x00" * 16  # the gateway holds another secret for this token
 
     async def main() -> None:
-        async with running(peer):
+        async with serving(peer):
             with pytest.raises(EnrolError, match="bad_token"):
                 await enrol(StateDir(tmp_path), mqtt_broker.url, token)
 
@@ -169,7 +155,7 @@ def test_wrong_gateway_fingerprint_is_rejected(
     peer.signing_key = peer.key
 
     async def main() -> None:
-        async with running(peer):
+        async with serving(peer):
             with pytest.raises(EnrolError, match="fingerprint"):
                 await enrol(StateDir(tmp_path), mqtt_broker.url, token)
 
@@ -183,7 +169,7 @@ def test_reply_not_signed_by_the_announced_gateway_key_is_rejected(
     peer.signing_key = nacl.signing.SigningKey.generate()  # right gw_pub, wrong signature
 
     async def main() -> None:
-        async with running(peer):
+        async with serving(peer):
             with pytest.raises(EnrolError, match="does not verify"):
                 await enrol(StateDir(tmp_path), mqtt_broker.url, peer.new_token())
 
@@ -201,7 +187,7 @@ def test_no_gateway_times_out_and_a_retry_reuses_the_key(
         with pytest.raises(EnrolError, match="no answer"):
             await enrol(state, mqtt_broker.url, token, timeout_s=0.5)
         first = state.load_identity().device_id
-        async with running(peer):
+        async with serving(peer):
             identity, _ = await enrol(state, mqtt_broker.url, token)
         assert identity.device_id == first
 
@@ -242,7 +228,7 @@ def test_cli_init(peer: EnrolPeer, mqtt_broker: Broker, tmp_path: Path) -> None:
         return proc.returncode, out.decode()
 
     async def main() -> None:
-        async with running(peer):
+        async with serving(peer):
             code, out = await init(peer.new_token(), tmp_path / "ok")
             assert code == 0, out
             assert StateDir(tmp_path / "ok").load_identity().device_id in out

@@ -17,7 +17,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,17 @@ import pytest
 
 from edge_agent import kernels
 from edge_agent.agent import Agent, Progress
-from edge_agent.core import protocol
+from edge_agent.core import protocol, signing
 from edge_agent.devices import SimulatedDevice
-from edge_agent.identity import Credentials, StateDir, verify_ed25519
-from edge_agent.link import Backoff, cancel_and_wait
+from edge_agent.identity import Credentials, StateDir
+from edge_agent.link import Backoff
 from edge_agent.outbox import Checkpoint, Store
 from edge_agent.runtime import AgentConfig, Stats
 from edge_agent.swarm import run_swarm
 from gateway.broker import Broker
 from gateway.passwords import new_password
 from hal.simulated import SimulatedBackend
-from tests.mqtt_fixtures import WAIT_S
+from tests.mqtt_fixtures import WAIT_S, serving
 
 SPEEDUP = 1000.0
 MC = "montecarlo_pi"
@@ -125,7 +125,7 @@ class GatewayPeer:
         body, _, attachment = protocol.open_sealed(
             payload,
             protocol.MAX_PAYLOAD["result"],
-            verify_ed25519,
+            signing.verify,
             self.device_pubs[dev],
             ("result",),
         )
@@ -200,17 +200,6 @@ class GatewayPeer:
         elif kind == "state":
             self.states.append(protocol.decode(payload, protocol.MAX_PAYLOAD["state"], ("state",)))
             self.stats.bump("states")
-
-
-@contextlib.asynccontextmanager
-async def serving(peer: GatewayPeer) -> AsyncIterator[GatewayPeer]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(peer.serve(ready))
-    await asyncio.wait_for(ready.wait(), WAIT_S)
-    try:
-        yield peer
-    finally:
-        await cancel_and_wait([task])
 
 
 def config(**over: Any) -> AgentConfig:

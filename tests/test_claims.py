@@ -15,7 +15,7 @@ import nacl.signing
 import pytest
 
 from edge_agent.claims import Claims
-from edge_agent.core import cbor, protocol, rewards
+from edge_agent.core import cbor, protocol, rewards, signing
 from edge_agent.outbox import OutboxEntry, Store, StoredAck
 from edge_agent.runtime import Stats
 from gateway.config import ServiceLimits
@@ -24,7 +24,7 @@ from gateway.handlers_claim import handle_claim
 from gateway.handlers_device import Context
 from gateway.handlers_result import ack_signer
 from gateway.jobflow import JobFlow
-from gateway.keys import GatewayKey, verify_ed25519
+from gateway.keys import GatewayKey
 from gateway.ledger import Ledger, NewTask
 from gateway.ledger_schema import MIGRATIONS
 from gateway.scheduler import Lease, Scheduler
@@ -79,14 +79,14 @@ class Gateway:
         outcome = self.sched.complete(lease.lease_id, device.id, hashlib.sha256(result).digest(),
                                       result, sealed, self.now)
         assert outcome.ack is not None
-        ack, _, _ = protocol.open_sealed(outcome.ack, 4096, verify_ed25519, self.key.pub,
+        ack, _, _ = protocol.open_sealed(outcome.ack, 4096, signing.verify, self.key.pub,
                                          ("ack",))
         return protocol.receipt_id(env["b"]), ack
 
     def send_claim(self, device: Device, sealed: bytes) -> tuple[bytes, dict[str, Any]]:
         [reply] = handle_claim(self.ctx, device.id, sealed)
         assert reply.topic == protocol.inbox_topic(device.id)
-        body, _, _ = protocol.open_sealed(reply.payload, 1024, verify_ed25519, self.key.pub,
+        body, _, _ = protocol.open_sealed(reply.payload, 1024, signing.verify, self.key.pub,
                                           ("claim_receipt",))
         return reply.payload, body
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.core import rewards
+from edge_agent.core import rewards, signing
 from gateway.dispute import EXIT_NOT_PROVEN, EXIT_PROVEN, EXIT_UNREADABLE, main, verify_dispute_file
-from gateway.settlement import nacl_verify
 from tests.test_rewards import (
     CLOSED_AT,
     FLEET,
@@ -33,7 +32,7 @@ def write_evidence(tmp_path: Path, acked: int, settled: int, **over: Any) -> Pat
     assert i is not None
     ack = seal_ack(DEV, 3, acked, CLOSED_AT - 1)
     evidence = rewards.build_dispute(
-        GW_PUB, nacl_verify, s.sealed_header, [s.leaf(i)], dev=DEV, sealed_acks=[ack]
+        GW_PUB, signing.verify, s.sealed_header, [s.leaf(i)], dev=DEV, sealed_acks=[ack]
     ) or {
         "format": rewards.DISPUTE_FORMAT,
         "gateway_pub": GW_PUB.hex(),

@@ -54,8 +54,8 @@ from tests.e2e_helpers import (
     tokens,
     wait_until,
 )
-from tests.mqtt_fixtures import WAIT_S, mqtt_client
-from tests.test_agent_loop import GatewayPeer, make_agent, mc_params, run_to_end, serving, stored
+from tests.mqtt_fixtures import WAIT_S, mqtt_client, serving
+from tests.test_agent_loop import GatewayPeer, make_agent, mc_params, run_to_end, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 SWARM_SEED = 21  # a seed whose 50 simulated devices are all on their chargers

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from edge_agent.core import ed25519, sha512
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, mpy_suite_summary
 
 VECTORS = json.loads((DATA / "crypto_vectors.json").read_text())
 RFC8032 = VECTORS["ed25519"]
@@ -280,13 +279,4 @@ def test_bad_lengths_are_false_and_bad_types_raise() -> None:
 
 def test_runs_in_a_128k_micropython_heap(micropython: str) -> None:
     """Devices have small heaps: the MicroPython suite of this module must pass in 128 KB."""
-    proc = subprocess.run(
-        [micropython, "-X", "heapsize=128K", "tests/mpy/run.py", "test_ed25519"],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "10 passed, 0 failed"
+    assert mpy_suite_summary(micropython, "test_ed25519", "128K") == "10 passed, 0 failed"

@@ -19,12 +19,11 @@ import nacl.signing
 import pytest
 
 from edge_agent import kernels
-from edge_agent.core import blobs, cbor, protocol, rewards
+from edge_agent.core import blobs, cbor, protocol, rewards, signing
 from gateway import jobs
 from gateway.broker import Broker, BrokerEndpoint
 from gateway.config import ServiceLimits, StatePaths
 from gateway.jobspec import JobSpec, parse_job
-from gateway.keys import verify_ed25519
 from gateway.ledger import Ledger
 from gateway.passwords import PasswordFile
 from gateway.scheduler import SchedulerConfig
@@ -98,7 +97,7 @@ class Peer:
         claimed = protocol.peek_sealed(reply, protocol.MAX_PAYLOAD["enrol_reply"], ("enrolled",))
         assert hashlib.sha256(claimed["gw_pub"]).digest()[:8] == fingerprint
         body, _, _ = protocol.open_sealed(reply, protocol.MAX_PAYLOAD["enrol_reply"],
-                                          verify_ed25519, claimed["gw_pub"], ("enrolled",))
+                                          signing.verify, claimed["gw_pub"], ("enrolled",))
         assert body["dev"] == self.dev
         box = nacl.public.SealedBox(self.signing.to_curve25519_private_key())
         creds = cbor.loads(box.decrypt(body["sealed"]))
@@ -143,7 +142,7 @@ class Device:
         """The next inbox message: an ack is verified against the gateway key, and filed."""
         payload = bytes((await next_message(self.client)).payload)
         if cbor.loads(payload, max_size=INBOX)["t"] == "ack":
-            body, _, _ = protocol.open_sealed(payload, INBOX, verify_ed25519, self.peer.gw_pub,
+            body, _, _ = protocol.open_sealed(payload, INBOX, signing.verify, self.peer.gw_pub,
                                               ("ack",))
             ack = {**body, "sealed": payload}
             self.acks.setdefault(ack["lease"], []).append(ack)
@@ -192,7 +191,7 @@ class Device:
     def leases(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for item in reply["items"]:
-            lease, _, _ = protocol.open_sealed(item, INBOX, verify_ed25519, self.peer.gw_pub,
+            lease, _, _ = protocol.open_sealed(item, INBOX, signing.verify, self.peer.gw_pub,
                                                ("lease",))
             assert lease["dev"] == self.peer.dev
             out.append(lease)

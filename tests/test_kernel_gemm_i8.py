@@ -104,16 +104,23 @@ def test_chunked_equals_unchunked(p: dict[str, Any], data: st.DataObject) -> Non
         assert kernels.run("gemm_i8", p, backend=backend, chunk_units=chunk) == whole
 
 
-def random_case(rng: random.Random, m: int, n: int, k: int, relu: bool = False) -> dict[str, Any]:
-    """Random int8 operands, with bias and scale sized so outputs spread over int8."""
-    spread = int(74 * 74 * k**0.5)  # about the standard deviation of a random int8 dot product
+def int8_operands(rng: random.Random, m: int, n: int, k: int, bias_bound: int) -> dict[str, Any]:
+    """The shape, random int8 a (m x k) and w (n x k), and n int32 biases within +-bias_bound."""
     return {
         "m": m,
         "n": n,
         "k": k,
         "a": rng.randbytes(m * k),
         "w": rng.randbytes(n * k),
-        "bias": struct.pack(f"<{n}i", *(rng.randint(-spread, spread) for _ in range(n))),
+        "bias": struct.pack(f"<{n}i", *(rng.randint(-bias_bound, bias_bound) for _ in range(n))),
+    }
+
+
+def random_case(rng: random.Random, m: int, n: int, k: int, relu: bool = False) -> dict[str, Any]:
+    """Random int8 operands, with bias and scale sized so outputs spread over int8."""
+    spread = int(74 * 74 * k**0.5)  # about the standard deviation of a random int8 dot product
+    return {
+        **int8_operands(rng, m, n, k, spread),
         "multiplier": (1 << 32) * 25 // spread + rng.randint(0, 1000),
         "shift": 32,
         "out_zero_point": rng.randint(-10, 10),

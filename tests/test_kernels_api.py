@@ -20,6 +20,7 @@ import pytest
 from edge_agent import kernels, native
 from edge_agent.kernels import Execution, KernelError
 from tests.conftest import DATA, ROOT
+from tests.test_kernel_gemm_i8 import int8_operands
 
 VECTORS = DATA / "kernel_vectors.json"
 # Which params of each kernel are bytes (hex strings in the JSON file).
@@ -29,12 +30,7 @@ BYTES_PARAMS = {"gemm_i8": ("a", "w", "bias"), "montecarlo_pi": ()}
 def gemm_case(seed: int, m: int, n: int, k: int, **extra: Any) -> dict[str, Any]:
     rng = random.Random(seed)
     return {
-        "m": m,
-        "n": n,
-        "k": k,
-        "a": rng.randbytes(m * k),
-        "w": rng.randbytes(n * k),
-        "bias": struct.pack(f"<{n}i", *(rng.randint(-30000, 30000) for _ in range(n))),
+        **int8_operands(rng, m, n, k, 30000),
         "multiplier": rng.randint(1 << 20, 1 << 21),
         "shift": 30,
         **extra,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.core import merkle
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, mpy_suite_summary
 
 CT = json.loads((DATA / "crypto_vectors.json").read_text())["rfc6962"]
 
@@ -175,13 +174,4 @@ def test_gateway_sized_tree() -> None:
 
 
 def test_runs_in_a_128k_micropython_heap(micropython: str) -> None:
-    proc = subprocess.run(
-        [micropython, "-X", "heapsize=128K", "tests/mpy/run.py", "test_merkle"],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "8 passed, 0 failed"
+    assert mpy_suite_summary(micropython, "test_merkle", "128K") == "8 passed, 0 failed"

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mpy_suite_summary
 
 MPY_TESTS = sorted(p.stem for p in (ROOT / "tests" / "mpy").glob("test_*.py"))
 CORE_MODULES = sorted((ROOT / "edge_agent" / "core").rglob("*.py"))
@@ -15,20 +15,9 @@ CORE_MODULES = sorted((ROOT / "edge_agent" / "core").rglob("*.py"))
 
 @pytest.mark.parametrize("module", MPY_TESTS)
 def test_core_under_micropython(micropython: str, module: str) -> None:
-    proc = subprocess.run(
-        [micropython, "-X", "heapsize=4M", "tests/mpy/run.py", module],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    # The runner's closing line is on stdout; MicroPython may print warnings on stderr.
-    last = proc.stdout.strip().splitlines()[-1]
+    last = mpy_suite_summary(micropython, module, "4M")
     passed = int(last.split()[0])
-    assert passed > 0 and last.endswith(" 0 failed"), out
+    assert passed > 0 and last.endswith(" 0 failed"), last
 
 
 @pytest.mark.parametrize("path", CORE_MODULES, ids=lambda p: str(p.relative_to(ROOT)))

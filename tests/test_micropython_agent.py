@@ -37,8 +37,9 @@ FIRMWARE = ROOT / "firmware" / "micropython"
 # takes ~116 KB of it before any work (at opt=3; the kernel twins are imported per task and
 # released after it), and a lease's or ack's verification needs some 12 KB more on top of
 # ~10 KB of session data; 128 KB fails at start (the device key's public key), 136 KB on the
-# first acks, 144 KB passes. A frozen build keeps only the data (firmware/README.md).
-HEAP = "144K"
+# first acks, 144 KB passes alone; the test keeps 8 KB of margin (an ack can arrive mid-task on
+# a loaded machine). A frozen build keeps only the data (firmware/README.md).
+HEAP = "152K"
 HEAP_BYTES = 144 * 1024
 WAIT_S = 60.0  # upper bound for one step of the agent (a whole job at most)
 # SHA-256 of umqtt/simple.py in PyPI's micropython-umqtt.simple 1.3.4 sdist.

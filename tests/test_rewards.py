@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.core import ed25519, merkle, rewards
+from edge_agent.core import merkle, rewards, signing
 from edge_agent.core import protocol as p
 from edge_agent.core.kernels import REGISTRY
-from gateway.settlement import Settlement, close_epoch, nacl_verify
+from gateway.settlement import Settlement, close_epoch
 
 GW_SEED = bytes(range(1, 33))
 GW_KEY = nacl.signing.SigningKey(GW_SEED)
@@ -186,11 +186,9 @@ def test_batches_split_at_gaps_and_size_and_missing_acks_show() -> None:
 # --- offline verification of a settlement ------------------------------------------------------
 
 
-def core_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
-    return bool(ed25519.verify(pub, msg, sig))
-
-
-@pytest.mark.parametrize("verify", [nacl_verify, core_verify], ids=["pynacl", "core"])
+@pytest.mark.parametrize(
+    "verify", [signing.nacl_verify, signing.core_verify], ids=["pynacl", "core"]
+)
 def test_every_device_verifies_its_proof_offline(verify: Any) -> None:
     s = settle(FLEET)
     for dev, msg in s.proof_messages():
@@ -206,7 +204,7 @@ def test_every_flipped_bit_of_a_settlement_message_is_rejected() -> None:
     msg = s.proof_message(dev)
     for bit in range(8 * len(msg)):
         with pytest.raises((p.ProtocolError, rewards.RewardsError)):
-            rewards.verify_settlement(flipped(msg, bit), GW_PUB, nacl_verify, dev)
+            rewards.verify_settlement(flipped(msg, bit), GW_PUB, signing.verify, dev)
 
 
 def _message(s: Settlement, i: int, **over: Any) -> dict[str, Any]:
@@ -218,11 +216,11 @@ def _message(s: Settlement, i: int, **over: Any) -> dict[str, Any]:
 def test_tampered_leaf_proof_root_or_signature_is_rejected_with_its_reason() -> None:
     s = settle(FLEET)
     i, dev = 4, s.devices[4]
-    assert rewards.verify_settlement(_message(s, i), GW_PUB, nacl_verify, dev)["index"] == i
+    assert rewards.verify_settlement(_message(s, i), GW_PUB, signing.verify, dev)["index"] == i
 
     def rejected(body: dict[str, Any], code: str) -> None:
         with pytest.raises((p.ProtocolError, rewards.RewardsError)) as e:
-            rewards.verify_settlement(body, GW_PUB, nacl_verify, dev)
+            rewards.verify_settlement(body, GW_PUB, signing.verify, dev)
         assert e.value.code == code, e.value
 
     rejected(_message(s, i, credit=FLEET[dev] + 1), "bad_proof")  # leaf amount
@@ -240,7 +238,7 @@ def test_tampered_leaf_proof_root_or_signature_is_rejected_with_its_reason() -> 
     rejected(_message(s, i, epoch=p.seal(body, gw_sign)), "bad_proof")
     rejected(_message(s, i, epoch=p.cbor.dumps(dict(env, s=flipped(env["s"], 9)))), "bad_signature")
     with pytest.raises(p.ProtocolError):  # another gateway's key
-        rewards.verify_settlement(_message(s, i), bytes(OTHER_KEY.verify_key), nacl_verify, dev)
+        rewards.verify_settlement(_message(s, i), bytes(OTHER_KEY.verify_key), signing.verify, dev)
 
 
 def test_earnings_per_epoch_follow_the_chain_of_headers() -> None:
@@ -249,7 +247,7 @@ def test_earnings_per_epoch_follow_the_chain_of_headers() -> None:
     e2 = settle({dev: 1_200, dev_id(4): 1}, epoch=2, prev=e1.header_hash)
     e3 = settle({dev: 1_100, dev_id(4): 1}, epoch=3, prev=bytes(32))  # forked and lower
     seen = [
-        rewards.verify_settlement(e.proof_message(dev), GW_PUB, nacl_verify, dev)
+        rewards.verify_settlement(e.proof_message(dev), GW_PUB, signing.verify, dev)
         for e in (e3, e1, e2)
     ]
     rows = rewards.epoch_earnings(seen)
@@ -266,9 +264,9 @@ def test_earnings_per_epoch_follow_the_chain_of_headers() -> None:
 
 
 def own_leaf_dispute(s: Settlement, dev: str, acks: list[bytes]) -> dict[str, Any] | None:
-    settled = rewards.verify_settlement(s.proof_message(dev), GW_PUB, nacl_verify, dev)
+    settled = rewards.verify_settlement(s.proof_message(dev), GW_PUB, signing.verify, dev)
     evidence: dict[str, Any] | None = rewards.dispute_from_settlement(
-        settled, GW_PUB, nacl_verify, acks
+        settled, GW_PUB, signing.verify, acks
     )
     return evidence
 
@@ -283,7 +281,7 @@ def test_settlement_that_omitted_acked_work_gives_proven_evidence() -> None:
     ]  # after the close: next epoch's, not evidence
     evidence = own_leaf_dispute(s, dev, acks)
     assert evidence is not None and evidence["acks"] == [acks[1].hex()]
-    verdict = rewards.check_dispute(evidence, nacl_verify)
+    verdict = rewards.check_dispute(evidence, signing.verify)
     assert verdict["proven"] and verdict["code"] == "underpaid"
     assert (verdict["settled"], verdict["acked"], verdict["shortfall"]) == (6_000, 7_000, 1_000)
     assert verdict["gateway_pub"] == GW_PUB and verdict["epoch"] == 1
@@ -306,7 +304,7 @@ def test_honest_settlement_gives_no_dispute() -> None:
         "leaves": [dict(s.leaf(s.devices.index(dev)), path=s.path(s.devices.index(dev)).hex())],
         "acks": [a.hex() for a in honest],
     }
-    verdict = rewards.check_dispute(evidence, nacl_verify)
+    verdict = rewards.check_dispute(evidence, signing.verify)
     assert not verdict["proven"] and verdict["code"] == "no_dispute", verdict
 
 
@@ -319,14 +317,14 @@ def test_device_left_out_of_a_settlement_proves_it_with_the_neighbouring_leaves(
         assert 1 <= len(bracket) <= 2
         evidence = rewards.build_dispute(
             GW_PUB,
-            nacl_verify,
+            signing.verify,
             s.sealed_header,
             bracket,
             dev=dev,
             sealed_acks=[seal_ack(dev, 4, credit, CLOSED_AT - 1)],
         )
         assert evidence is not None
-        verdict = rewards.check_dispute(evidence, nacl_verify)
+        verdict = rewards.check_dispute(evidence, signing.verify)
         assert verdict["proven"] and verdict["code"] == "omitted" and verdict["shortfall"] == credit
         fleet[dev] = credit
 
@@ -338,7 +336,7 @@ def test_leaves_that_do_not_bracket_the_device_prove_nothing() -> None:
     with pytest.raises(rewards.RewardsError) as e:
         rewards.build_dispute(
             GW_PUB,
-            nacl_verify,
+            signing.verify,
             s.sealed_header,
             far,
             dev=absent,
@@ -353,13 +351,13 @@ def test_tampered_or_foreign_evidence_is_not_proven() -> None:
     evidence = own_leaf_dispute(s, dev, [seal_ack(dev, 9, 2_000, CLOSED_AT)])
     assert evidence is not None
     good: dict[str, Any] = evidence
-    assert rewards.check_dispute(good, nacl_verify)["proven"]
+    assert rewards.check_dispute(good, signing.verify)["proven"]
     for name in ("epoch", "acks"):
         raw = bytes.fromhex(good[name] if name == "epoch" else good[name][0])
         for bit in range(0, 8 * len(raw), 7):
             bad_hex = flipped(raw, bit).hex()
             bad = dict(good, **{name: bad_hex if name == "epoch" else [bad_hex]})
-            assert not rewards.check_dispute(bad, nacl_verify)["proven"], (name, bit)
+            assert not rewards.check_dispute(bad, signing.verify)["proven"], (name, bit)
     forged = dict(good, acks=[seal_ack(dev, 9, 2_000, CLOSED_AT, key=OTHER_KEY).hex()])
     late = dict(good, acks=[seal_ack(dev, 9, 2_000, CLOSED_AT + 1).hex()])
     other = dict(good, acks=[seal_ack(dev_id(3), 9, 2_000, CLOSED_AT).hex()])
@@ -377,5 +375,5 @@ def test_tampered_or_foreign_evidence_is_not_proven() -> None:
         dict(good, leaves="x"),
         dict(good, gateway_pub="zz"),
     ):
-        verdict = rewards.check_dispute(junk, nacl_verify)
+        verdict = rewards.check_dispute(junk, signing.verify)
         assert not verdict["proven"] and verdict["code"] == "bad_evidence", junk

@@ -31,9 +31,9 @@ import aiomqtt
 import cbor2
 
 from edge_agent.claims import Claims
-from edge_agent.core import protocol, rewards
+from edge_agent.core import protocol, rewards, signing
 from edge_agent.earnings import earnings_report
-from edge_agent.identity import StateDir, verify_ed25519
+from edge_agent.identity import StateDir
 from edge_agent.outbox import Store
 from edge_agent.runtime import Stats
 from gateway.config import StatePaths
@@ -139,13 +139,13 @@ async def _queued_epochs(device: StateDir, want: set[int]) -> set[int]:
             payload = await asyncio.wait_for(anext(messages), 10)
             if isinstance(payload, bytes) and cbor2.loads(payload)["t"] == "settlement":
                 seen.add(rewards.verify_settlement(payload, device.load_gateway_key(),
-                                                   verify_ed25519, creds.username)["epoch"])
+                                                   signing.verify, creds.username)["epoch"])
     return seen
 
 
 def _receipt_body(sealed: bytes, gateway_pub: bytes) -> dict[str, Any]:
     body: dict[str, Any] = protocol.open_sealed(
-        sealed, protocol.MAX_PAYLOAD["inbox"], verify_ed25519, gateway_pub, ("claim_receipt",))[0]
+        sealed, protocol.MAX_PAYLOAD["inbox"], signing.verify, gateway_pub, ("claim_receipt",))[0]
     return body
 
 
@@ -160,7 +160,7 @@ def _evidence_of_honest_epoch(device: StateDir, epoch: int) -> dict[str, Any]:
     store = Store(device.db_path)
     try:
         [settled] = [rewards.verify_settlement(s.message, device.load_gateway_key(),
-                                               verify_ed25519) for s in store.settlements()
+                                               signing.verify) for s in store.settlements()
                      if s.epoch == epoch]
         acks = [a for a in store.logged_acks() if a.at <= settled["closed_at"]]
     finally:

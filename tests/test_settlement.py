@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.core import cbor, merkle, rewards
+from edge_agent.core import cbor, merkle, rewards, signing
 from edge_agent.core import protocol as p
 from gateway.settlement import (
     AckedReceipt,
@@ -25,7 +25,6 @@ from gateway.settlement import (
     close_epoch,
     level_path,
     load_settlement,
-    nacl_verify,
     seal_claim_receipt,
     tree_levels,
 )
@@ -83,7 +82,7 @@ def test_settlement_is_the_core_tree_over_core_leaves(n: int) -> None:
         prev=rewards.ZERO_HASH,
     )
     assert s.header_hash == hashlib.sha256(cbor.dumps(s.header)).digest()
-    header = rewards.open_epoch(s.sealed_header, GW_PUB, nacl_verify)
+    header = rewards.open_epoch(s.sealed_header, GW_PUB, signing.verify)
     assert header["hash"] == s.header_hash
     for i, d in enumerate(devices):
         assert s.index(d) == i
@@ -115,9 +114,8 @@ def test_twenty_devices_two_epochs_chain_and_sum_to_the_ledger() -> None:
     for e, credits in ((e1, FLEET), (e2, grown)):
         assert e.header["total"] == sum(credits.values()) == sum(e.credits)
         for dev, msg in e.proof_messages():
-            assert (
-                rewards.verify_settlement(msg, GW_PUB, nacl_verify, dev)["credit"] == credits[dev]
-            )
+            settled = rewards.verify_settlement(msg, GW_PUB, signing.verify, dev)
+            assert settled["credit"] == credits[dev]
 
 
 @pytest.mark.parametrize(
@@ -225,7 +223,7 @@ def test_a_claim_over_acked_receipts_is_accepted_with_a_signed_receipt() -> None
     receipt, _, _ = p.open_sealed(
         seal_claim_receipt(claim, verdict, CLOSED_AT, gw_sign),
         p.MAX_PAYLOAD["claim_receipt"],
-        nacl_verify,
+        signing.verify,
         GW_PUB,
         ("claim_receipt",),
     )

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import trust as bench
 from edge_agent import kernels
-from edge_agent.core import cbor, protocol
+from edge_agent.core import cbor, protocol, signing
 from gateway import trust
 from gateway.trust import DeviceTrust, TrustConfig, TrustPolicy
 
@@ -374,14 +374,6 @@ class Signer:
         return bytes(protocol.seal(body, self.sign, attachment=result))
 
 
-def nacl_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
-    try:
-        nacl.signing.VerifyKey(pub).verify(msg, sig)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
-
-
 RESULT = {"inside": 1571, "points": 2000}
 L1, L2, T1, T2 = b"\x01" * 16, b"\x02" * 16, b"\x11" * 16, b"\x12" * 16
 
@@ -392,7 +384,8 @@ def binding(device: Signer, lease: bytes, task: bytes) -> trust.LeaseBinding:
 
 def test_a_genuine_receipt_opens() -> None:
     b = Signer(b"\x0b" * 32)
-    opened = trust.open_receipt(b.receipt(L1, T1, RESULT), b.pub, binding(b, L1, T1), nacl_verify)
+    receipt = b.receipt(L1, T1, RESULT)
+    opened = trust.open_receipt(receipt, b.pub, binding(b, L1, T1), signing.verify)
     assert opened.result == RESULT and opened.rhash == protocol.result_hash(RESULT)
     assert opened.body["units"] == 2000
 
@@ -401,10 +394,10 @@ def test_another_devices_receipt_presented_by_a_fails_against_as_key() -> None:
     a, b = Signer(b"\x0a" * 32), Signer(b"\x0b" * 32)
     stolen = b.receipt(L1, T1, RESULT)
     with pytest.raises(protocol.ProtocolError) as e:
-        trust.open_receipt(stolen, a.pub, binding(a, L1, T1), nacl_verify)
+        trust.open_receipt(stolen, a.pub, binding(a, L1, T1), signing.verify)
     assert e.value.code == "bad_signature"
     with pytest.raises(protocol.ProtocolError) as e:  # A claiming B's lease outright
-        trust.open_receipt(stolen, a.pub, binding(b, L1, T1), nacl_verify)
+        trust.open_receipt(stolen, a.pub, binding(b, L1, T1), signing.verify)
     assert e.value.code == "not_your_lease"
 
 
@@ -413,7 +406,7 @@ def test_a_receipt_for_lease_l1_cannot_complete_lease_l2() -> None:
     old = b.receipt(L1, T1, RESULT)
     for lease, task in ((L2, T2), (L2, T1), (L1, T2)):
         with pytest.raises(protocol.ProtocolError) as e:
-            trust.open_receipt(old, b.pub, binding(b, lease, task), nacl_verify)
+            trust.open_receipt(old, b.pub, binding(b, lease, task), signing.verify)
         assert e.value.code == "not_your_lease"
 
 
@@ -422,7 +415,7 @@ def test_a_receipt_with_a_swapped_result_fails_its_hash() -> None:
     env = cbor.loads(b.receipt(L1, T1, RESULT))
     env["r"] = {"inside": 1999, "points": 2000}
     with pytest.raises(protocol.ProtocolError) as e:
-        trust.open_receipt(cbor.dumps(env), b.pub, binding(b, L1, T1), nacl_verify)
+        trust.open_receipt(cbor.dumps(env), b.pub, binding(b, L1, T1), signing.verify)
     assert e.value.code == "bad_result_hash"
 
 
