@@ -161,6 +161,13 @@ class Verifier:
             for task in rows.replicas_wanted(self.config.replica_scan):
                 if task.id in tried or (kernels is not None and task.kernel not in kernels):
                     continue
+                # Never a task this device held a lease on before (as the scheduler's rule):
+                # its late first result plus a replica would credit it twice for one task.
+                if tx.conn.execute(
+                    "SELECT 1 FROM leases WHERE device_id = ? AND task_id = ?",
+                    (device_id, task.id),
+                ).fetchone():
+                    continue
                 self._load(rows, task.id)
                 if self.policy.may_replicate_to(task.id, device_id):
                     return task
