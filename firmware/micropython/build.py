@@ -1,8 +1,8 @@
 """Build the board's code on a host (CPython) from what manifest.py freezes, for a board that runs
 stock MicroPython firmware (firmware/README.md, "MicroPython"):
 
-    python firmware/micropython/build.py --romfs edge.romfs   # then: mpremote romfs deploy edge.romfs
-    python firmware/micropython/build.py --mpy-dir edge-mpy   # then: mpremote cp -r edge-mpy/. :
+    python firmware/micropython/build.py --romfs edge.romfs  # mpremote romfs deploy edge.romfs
+    python firmware/micropython/build.py --mpy-dir edge-mpy  # mpremote cp -r edge-mpy/. :
 
 Each module is compiled by mpy-cross at the manifest's optimisation level, named as a frozen
 build names it. A ROMFS image (MicroPython >= 1.25, boards with a ROM partition) runs that
