@@ -31,6 +31,7 @@ from gateway.accounts import ServeInfo
 from gateway.config import StatePaths
 from gateway.jobspec import load_job
 from tests.conftest import ROOT
+from tests.e2e_helpers import rows
 from tests.test_gateway_cli import SERVING, TOKEN
 
 FIRMWARE = ROOT / "firmware" / "micropython"
@@ -40,6 +41,7 @@ FIRMWARE = ROOT / "firmware" / "micropython"
 # 64-bit unix port, whose objects are twice a 32-bit board's.
 HEAP = "128K"
 HEAP_BYTES = 128 * 1024
+CLAIM_BATCH = 3  # acks per claim: full batches go while working, the rest once idle
 WAIT_S = 60.0  # upper bound for one step of the agent (a whole job at most)
 # SHA-256 of umqtt/simple.py in PyPI's micropython-umqtt.simple 1.3.4 sdist.
 UMQTT_SIMPLE_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
@@ -228,9 +230,35 @@ def hexed(value: Any) -> Any:
     return value
 
 
-def test_the_board_agent_completes_jobs_on_a_small_heap_and_survives_a_broker_restart(
+@contextlib.contextmanager
+def running_board(board: Path, image: Path) -> Iterator[Lines]:
+    """The board agent (main.py) from the ROMFS image with HEAP; killed if still running."""
+    agent = subprocess.Popen([sys.executable, str(ROOT / "tests" / "board_rom.py"), str(image),
+                              HEAP, "main.py", "edge.json"],
+                             cwd=board, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        yield Lines(agent)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        agent.wait()
+        assert agent.stdout is not None
+        agent.stdout.close()
+
+
+def summary_at_exit(lines: Lines) -> dict[str, Any]:
+    """The board's closing summary line, after which it must exit 0."""
+    summary: dict[str, Any] = json.loads(lines.expect(r"edge: summary (\{.*\})").group(1))
+    assert lines.proc.wait(timeout=WAIT_S) == 0, "\n".join(lines.seen)
+    return summary
+
+
+def test_the_board_agent_works_claims_and_checks_its_settlement_on_a_128k_heap(
     romfs_image: Path, tmp_path: Path
 ) -> None:
+    """Jobs done bit-identical to C through a broker restart, every ack claimed (full batches
+    while working, the rest once idle) and accepted, then the epoch's proof verified on the
+    board: all with the heap limited to 128 KB."""
     state, board = tmp_path / "gw", tmp_path / "board"
     board.mkdir()
     shutil.copy(FIRMWARE / "main.py", board / "main.py")  # the board's filesystem: no code else
@@ -243,15 +271,12 @@ def test_the_board_agent_completes_jobs_on_a_small_heap_and_survives_a_broker_re
         assert TOKEN.fullmatch(token)
         device_id = provision(board, url, token)
         settings = json.loads((board / "edge.json").read_text())
-        settings["agent"].update(exit_when_idle=True, backoff_max_s=2, checkpoint_every_s=1)
+        settings["agent"].update(exit_when_idle=True, backoff_max_s=2, checkpoint_every_s=1,
+                                 claim_batch=CLAIM_BATCH)
         (board / "edge.json").write_text(json.dumps(settings))
         job_ids = [gateway_cli(state, "submit", str(f)).strip() for f in job_files]
 
-        agent = subprocess.Popen([sys.executable, str(ROOT / "tests" / "board_rom.py"),
-                                  str(romfs_image), HEAP, "main.py", "edge.json"],
-                                 cwd=board, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            lines = Lines(agent)
+        with running_board(board, romfs_image) as lines:
             assert lines.expect(r"edge: device ([0-9a-f]{32})").group(1) == device_id
             lines.expect(r"edge: connected to 127\.0\.0\.1:")
             lines.expect(r"edge: acked (accepted|pending)")
@@ -261,29 +286,48 @@ def test_the_board_agent_completes_jobs_on_a_small_heap_and_survives_a_broker_re
             os.kill(info.mosquitto_pid, signal.SIGTERM)  # the gateway's supervisor restarts it
             lines.expect(r"edge: link lost")
             lines.expect(r"edge: connected to 127\.0\.0\.1:")
-            summary = json.loads(lines.expect(r"edge: summary (\{.*\})").group(1))
-            assert agent.wait(timeout=WAIT_S) == 0
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
-            assert agent.stdout is not None
-            agent.stdout.close()
+            summary = summary_at_exit(lines)
         outputs = [json.loads(gateway_cli(state, "job", job_id, "--json")) for job_id in job_ids]
-    log = "\n".join(lines.seen)
+        settled = json.loads(gateway_cli(state, "settle", "--json"))
+        with running_board(board, romfs_image) as again:  # the proof waits in its session
+            proof = again.expect(r"edge: settlement of epoch (\d+) verified, credit (\d+)")
+            summary_again = summary_at_exit(again)
+    log = "\n".join(lines.seen + again.seen)
     for job_file, report in zip(job_files, outputs, strict=True):
         assert report["state"] == "done", log
         assert report["output"] == hexed(jobs.compute_locally(load_job(job_file), "c")), log
     tasks = 2 + 3 + 3
     counts = summary["counts"]
-    assert summary["tasks"] == tasks and counts["acks"] == tasks, log
+    assert summary["tasks"] == tasks and counts["results"] == tasks, log
     assert counts["connects"] >= 2 and counts["connection_errors"] >= 1, log
     assert counts["checkpoints"] >= tasks and counts["blobs_fetched"] == 1, log
     assert not [k for k in counts if k.startswith(("inbox_rejected", "lease_rejected"))], log
-    assert summary["heap_total"] <= HEAP_BYTES, summary
-    assert 0 < summary["heap_start"] < summary["heap_max"] < summary["heap_total"], summary
-    assert not list((board / "edge" / "outbox").iterdir()), log  # every result acked
-    assert len(list((board / "edge" / "acks").iterdir())) == tasks
-    print(f"\nboard agent: heap at start {summary['heap_start']}, max {summary['heap_max']} of "
-          f"{summary['heap_total']} bytes; "
-          f"task ms {summary['task_ms']}")
+    assert not list((board / "edge" / "outbox").glob("*.res")), log  # every result acked
+    # Claims: the ledger holds consecutive accepted claims from ack 1 to the device's last, the
+    # last one's credit is the device's credit, and each matches a receipt the board kept.
+    db = StatePaths(state).ledger
+    [(ack_seq, credit)] = rows(db, "SELECT ack_seq, credit FROM devices WHERE id = ?",
+                               (device_id,))
+    claims = rows(db, "SELECT first, last, credit FROM claims WHERE device_id = ? ORDER BY first",
+                  (device_id,))
+    assert ack_seq == counts["acks"] >= tasks and credit > 0, log
+    assert [c[0] for c in claims] == [1, *(c[1] + 1 for c in claims[:-1])], claims
+    assert claims[-1][1:] == (ack_seq, credit), claims
+    assert len(claims) >= ack_seq // CLAIM_BATCH + (ack_seq % CLAIM_BATCH > 0), claims
+    assert counts["claim_accepted"] == len(claims) and "claim_rejected" not in counts, log
+    kept = sorted(p.name for p in (board / "edge" / "claims").iterdir())
+    assert kept == [f"{first:010d}-{last:010d}.ok" for first, last, _ in claims], kept
+    # Once accepted, a claim's acks but its last (the highest credit) are dropped from flash.
+    acks_kept = sorted(int(p.name[:10]) for p in (board / "edge" / "acks").iterdir())
+    assert acks_kept == [last for _, last, _ in claims], acks_kept
+    # The settlement: epoch 1 covers this device's whole credit, verified and kept on the board.
+    assert settled["epoch"] == 1 and settled["proofs_sent"] == 1, settled
+    assert (int(proof.group(1)), int(proof.group(2))) == (1, credit), log
+    assert summary_again["counts"]["settlements"] == 1, log
+    assert (board / "edge" / "settle" / f"{1:010d}.cbor").exists()
+    for run in (summary, summary_again):
+        assert run["heap_total"] <= HEAP_BYTES, run
+        assert 0 < run["heap_start"] < run["heap_max"] < run["heap_total"], run
+    print(f"\nboard agent: heap at start {summary['heap_start']}, max {summary['heap_max']} "
+          f"(settlement run: {summary_again['heap_max']}) of {summary['heap_total']} bytes; "
+          f"task ms {summary['task_ms']}; claims {[c[:2] for c in claims]}")

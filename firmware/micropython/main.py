@@ -10,7 +10,8 @@ import sys
 # around it (on the unix port, 128 KB then fails on a 640-byte block with 40 KB free). Ed25519 goes
 # first: its table's garbage is collected before anything long-lived lands between its points.
 for _name in ("edge_agent.core.ed25519", "edge_agent.core.governor", "edge_agent.core.protocol",
-              "edge_board.store", "edge_board.inbox", "edge_board.link"):
+              "edge_board.store", "edge_board.inbox", "edge_board.link",
+              "edge_board.claims"):
     __import__(_name)
     gc.collect()
 

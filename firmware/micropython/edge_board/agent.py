@@ -3,8 +3,7 @@
 # anything of it runs, fetch its blobs, run the kernel's Python twin in chunks (the governor is
 # asked again between chunks; stop checkpoints the task, pause holds it), seal the result with
 # the device key, store it BEFORE publishing, re-send it after every reconnect until a signed
-# ack for it is stored. Claims (docs/REWARDS.md) slot in as an inbox handler plus a publish of
-# core.rewards.build_claim over Store.acks().
+# ack for it is stored. Acks are claimed and settlement proofs checked by edge_board/claims.py.
 import gc
 import sys
 import time
@@ -13,6 +12,7 @@ from edge_agent.core import blobs, ed25519, protocol
 from edge_agent.core import kernels as registry
 from edge_agent.core.governor import PAUSE, RUN, STOP, Governor, Settings
 from edge_board import device, statedoc
+from edge_board.claims import Claims
 from edge_board.inbox import FetchError, Inbox, hex8, retry_on_memory
 from edge_board.link import Link
 from edge_board.store import EnrolmentError
@@ -107,7 +107,11 @@ class Agent:
         self.link.on_connect = self._on_connect
         self.inbox = Inbox(self.link, store, self.stats, cfg, device_id=self.device_id,
                            gateway_pub=self.gateway_pub, on_leases=self._accept_leases)
-        self.inbox.on_ack = self._wake_up
+        self.inbox.on_ack = self._on_ack
+        self.claims = Claims(self.link, store, self.stats, cfg, device_id=self.device_id,
+                             gateway_pub=self.gateway_pub, sign=self.sign,
+                             clock=self.clock.seconds, wake=self._wake_up)
+        self.inbox.handlers.update(self.claims.handlers)
         self.governor = Governor(Settings(**cfg.governor))
         self.report = statedoc.StateReport()
         self.kernels = sorted(cfg.kernels or registry.NAMES)
@@ -132,6 +136,7 @@ class Agent:
         self._resume_checkpoints()
         try:
             while not self._finished():
+                self.claims.tick(idle=not (self.pending or self.held or self.store.unacked()))
                 decision = self._decide()
                 if decision.action != RUN:
                     if decision.action == STOP:
@@ -148,7 +153,7 @@ class Agent:
         return self.stats
 
     def _finished(self):
-        if self.store.unacked():
+        if self.store.unacked() or not self.claims.done():
             return False
         return self._at_task_limit() or (self._idle and not self.pending and not self.held)
 
@@ -159,7 +164,11 @@ class Agent:
         if self.cfg.exit_when_idle and not self.pending and not self.held:
             self._idle = True
 
-    def _wake_up(self, *_):
+    def _wake_up(self):
+        self._wake = True
+
+    def _on_ack(self, ack):
+        self.claims.note_ack()
         self._wake = True
 
     def _idle_for(self, seconds):
@@ -172,6 +181,7 @@ class Agent:
     def _on_connect(self):
         self.report.force()
         self._wake = True
+        self.claims.resend_all()
         for lease_id in self.store.unacked():
             sealed = self.store.outbox_entry(lease_id)
             if sealed is not None and self.link.publish("result", sealed):
@@ -260,7 +270,10 @@ class Agent:
         if outcome == "no_work":
             self._note_idle()
             self._wake = False
-            link.wait(self.inbox.retry_after_s, lambda: self._wake or self._finished())
+            wait_s = self.inbox.retry_after_s
+            if self.claims.waiting:
+                wait_s = min(wait_s, self.cfg.claim_quiet_s)  # then claim what is left
+            link.wait(wait_s, lambda: self._wake or self._finished())
             return
         self._idle_for(cfg.recheck_s)  # timeout, publish failure or disconnect
 

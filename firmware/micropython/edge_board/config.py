@@ -26,6 +26,9 @@ AGENT_DEFAULTS = (
     ("stable_after_s", 30),  # a connection up this long resets the backoff
     ("utc_offset_min", 0),  # the owner's time zone, for the governor's windows
     ("max_inbox_queue", 16),
+    ("claim_batch", 32),  # acks per claim (the protocol allows 256; each id is heap here)
+    ("claim_quiet_s", 2),  # an idle board claims once no ack came for this long
+    ("claim_resend_s", 60),  # an unanswered claim is sent again after this long
 )
 
 

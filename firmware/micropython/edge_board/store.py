@@ -1,8 +1,13 @@
 # The board's durable state, in plain files under the state directory (no SQLite here):
 #
 #   device.key, gateway.pub, credentials.json   enrolment (provision.py; the CPython agent's format)
-#   outbox/<lease>.res      a sealed result, written BEFORE it is published; .ref once refused
-#   acks/<seq>-<lease>.ack  the gateway's signed ack (kept: claims are built from them)
+#   outbox/<lease>.res      a sealed result, written BEFORE it is published; .ref once refused;
+#                           .pnd once acked "pending" (what its final ack is matched with)
+#   acks/<seq>-<lease>.ack  receipt id and credit (struct ACK_HEAD), then the gateway's signed
+#                           ack; once its claim is accepted only the claim's last ack is kept
+#                           (the highest credit: a dispute's evidence)
+#   claims/<first>-<last>.pend|.ok|.rej   a sealed claim until answered, then the receipt
+#   settle/<epoch>.cbor     verified settlement proofs, the newest KEEP_SETTLEMENTS
 #   ckpt/<lease>.cbor       a started task: sealed lease, start time, kernel state
 #   blobs/<n>-<hash>        fetched blobs, checked; least recently used evicted over the cap
 #   numbers.json            request numbers and the state seq: never reused after a restart
@@ -11,13 +16,20 @@
 # rename over a file). A crash between the two leaves only the .tmp, which is complete: reads
 # promote it. A .tmp beside its file is a half write and is dropped.
 import binascii
+import hashlib
 import json
 import os
+import struct
 
 from edge_agent.core import cbor, protocol
 
 _NUMBER_BLOCK = 64  # numbers reserved per write of numbers.json (flash wear)
-_DIRS = ("outbox", "acks", "ckpt", "blobs")
+_DIRS = ("outbox", "acks", "ckpt", "blobs", "claims", "settle")
+ACK_HEAD = ">32sQ"  # an ack file starts with the receipt id and the ack's cumulative credit
+ACK_HEAD_SIZE = 40
+PENDING_NOTE = ">32s16s32s"  # receipt id, task, rhash of a result acked "pending"
+KEEP_SETTLEMENTS = 8
+_CLAIM_ENDS = (".pend", ".ok", ".rej")
 
 
 def hexs(b):
@@ -148,23 +160,95 @@ class Store:
         return read_file(self._path("outbox", hexs(lease_id) + ".res"))
 
     def store_ack(self, ack, sealed_ack):
-        """Keep a verified ack and clear its outbox entry if lease, task and rhash match one.
-        False when no result of ours waits for it (a repeat, or not ours)."""
+        """Keep a verified ack and clear its outbox entry if lease, task and rhash match a result
+        of ours. A "pending" ack leaves a .pnd note (receipt id, task, rhash) for the final ack
+        that follows. False when no result of ours is acked by it, or it is kept (a repeat)."""
+        h = hexs(ack["lease"])
+        name = "%010d-%s.ack" % (ack["seq"], h)
+        if _exists(self._path("acks", name)):
+            return False
+        note_path = self._path("outbox", h + ".pnd")
         sealed = self.outbox_entry(ack["lease"])
-        if sealed is None:
+        if sealed is not None:
+            body_bytes = cbor.loads(sealed, protocol.MAX_PAYLOAD["result"])["b"]  # ours
+            body = cbor.loads(body_bytes)
+            note = struct.pack(PENDING_NOTE, hashlib.sha256(body_bytes).digest(), body["task"],
+                               body["rhash"])  # the receipt id: protocol.receipt_id
+        else:
+            note = read_file(note_path)
+            if note is None:
+                return False
+        rid, task, rhash = struct.unpack(PENDING_NOTE, note)
+        if task != ack["task"] or rhash != ack["rhash"]:
             return False
-        body = protocol.peek_sealed(sealed, protocol.MAX_PAYLOAD["result"], ("result",))
-        if body["task"] != ack["task"] or body["rhash"] != ack["rhash"]:
-            return False
-        name = "%010d-%s.ack" % (ack["seq"], hexs(ack["lease"]))
-        write_file(self._path("acks", name), sealed_ack)
-        _remove(self._path("outbox", hexs(ack["lease"]) + ".res"))
+        write_file(self._path("acks", name), struct.pack(ACK_HEAD, rid, ack["credit"])
+                   + sealed_ack)
+        if ack["status"] == "pending":
+            write_file(note_path, note)
+        else:
+            _remove(note_path)
+        _remove(self._path("outbox", h + ".res"))
         return True
 
-    def acks(self):
-        """Sealed acks in seq order (what a claim is built from, docs/REWARDS.md)."""
+    def unclaimed_acks(self):
+        """(seq, receipt id, credit) of every kept ack that no claim covers, in seq order."""
+        ranges = [(first, last) for first, last, _ in self.claim_files()]
+        found = []
         for name in sorted(self._names("acks")):
-            yield read_file(self._path("acks", name))
+            seq = int(name[:10])
+            if [r for r in ranges if r[0] <= seq <= r[1]]:
+                continue
+            with open(self._path("acks", name), "rb") as f:
+                rid, credit = struct.unpack(ACK_HEAD, f.read(ACK_HEAD_SIZE))
+            found.append((seq, rid, credit))
+        return found
+
+    # -- claims and settlements ------------------------------------------------------------------
+
+    def claim_files(self):
+        """(first, last, ending) of every claim: .pend until answered, then .ok or .rej."""
+        out = []
+        for name in self._names("claims"):
+            stem, dot, end = name.partition(".")
+            out.append((int(stem[:10]), int(stem[11:]), dot + end))
+        return out
+
+    def _claim_path(self, first, last, ending):
+        return self._path("claims", "%010d-%010d%s" % (first, last, ending))
+
+    def add_claim(self, first, last, sealed):
+        write_file(self._claim_path(first, last, ".pend"), sealed)
+
+    def pending_claim(self, first, last):
+        return read_file(self._claim_path(first, last, ".pend"))
+
+    def answer_claim(self, first, last, root, status, receipt):
+        """Keep the receipt of our pending claim first..last with this root; once accepted, its
+        acks but the last are dropped. False if no such claim waits (a repeat, not ours)."""
+        sealed = self.pending_claim(first, last)
+        if sealed is None:
+            return False
+        claim = protocol.peek_sealed(sealed, protocol.MAX_PAYLOAD["claim"], ("claim",))
+        if claim["root"] != root:
+            return False
+        accepted = status == "accepted"
+        write_file(self._claim_path(first, last, ".ok" if accepted else ".rej"), receipt)
+        _remove(self._claim_path(first, last, ".pend"))
+        if accepted:
+            for name in self._names("acks"):
+                if first <= int(name[:10]) < last:
+                    _remove(self._path("acks", name))
+        return True
+
+    def store_settlement(self, epoch, message):
+        """Keep a verified proof, one per epoch, the newest KEEP_SETTLEMENTS; False if kept."""
+        path = self._path("settle", "%010d.cbor" % epoch)
+        if _exists(path):
+            return False
+        write_file(path, message)
+        for name in sorted(self._names("settle"))[:-KEEP_SETTLEMENTS]:
+            _remove(self._path("settle", name))
+        return True
 
     def refuse(self, lease_id, code):
         """The gateway will never accept this result: stop re-sending it (kept, renamed)."""
@@ -179,8 +263,9 @@ class Store:
         h = hexs(lease_id)
         if _exists(self._path("ckpt", h + ".cbor")):
             return True
-        if _exists(self._path("outbox", h + ".res")) or _exists(self._path("outbox", h + ".ref")):
-            return True
+        for end in (".res", ".ref", ".pnd"):
+            if _exists(self._path("outbox", h + end)):
+                return True
         for name in self._names("acks"):
             if name[11:43] == h:
                 return True
