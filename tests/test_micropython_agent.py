@@ -246,6 +246,12 @@ def running_board(board: Path, image: Path) -> Iterator[Lines]:
         agent.stdout.close()
 
 
+def board_claims_and_acks(board: Path) -> tuple[list[str], list[int]]:
+    """The claim files and the seqs of the acks kept on the board's flash."""
+    return (sorted(p.name for p in (board / "edge" / "claims").iterdir()),
+            sorted(int(p.name[:10]) for p in (board / "edge" / "acks").iterdir()))
+
+
 def summary_at_exit(lines: Lines) -> dict[str, Any]:
     """The board's closing summary line, after which it must exit 0."""
     summary: dict[str, Any] = json.loads(lines.expect(r"edge: summary (\{.*\})").group(1))
@@ -288,6 +294,7 @@ def test_the_board_agent_works_claims_and_checks_its_settlement_on_a_128k_heap(
             lines.expect(r"edge: connected to 127\.0\.0\.1:")
             summary = summary_at_exit(lines)
         outputs = [json.loads(gateway_cli(state, "job", job_id, "--json")) for job_id in job_ids]
+        claims_before, acks_before = board_claims_and_acks(board)
         settled = json.loads(gateway_cli(state, "settle", "--json"))
         with running_board(board, romfs_image) as again:  # the proof waits in its session
             proof = again.expect(r"edge: settlement of epoch (\d+) verified, credit (\d+)")
@@ -315,16 +322,16 @@ def test_the_board_agent_works_claims_and_checks_its_settlement_on_a_128k_heap(
     assert claims[-1][1:] == (ack_seq, credit), claims
     assert len(claims) >= ack_seq // CLAIM_BATCH + (ack_seq % CLAIM_BATCH > 0), claims
     assert counts["claim_accepted"] == len(claims) and "claim_rejected" not in counts, log
-    kept = sorted(p.name for p in (board / "edge" / "claims").iterdir())
-    assert kept == [f"{first:010d}-{last:010d}.ok" for first, last, _ in claims], kept
-    # Once accepted, a claim's acks but its last (the highest credit) are dropped from flash.
-    acks_kept = sorted(int(p.name[:10]) for p in (board / "edge" / "acks").iterdir())
-    assert acks_kept == [last for _, last, _ in claims], acks_kept
+    assert claims_before == [f"{first:010d}-{last:010d}.ok" for first, last, _ in claims], log
+    assert acks_before == list(range(1, ack_seq + 1)), acks_before
     # The settlement: epoch 1 covers this device's whole credit, verified and kept on the board.
     assert settled["epoch"] == 1 and settled["proofs_sent"] == 1, settled
     assert (int(proof.group(1)), int(proof.group(2))) == (1, credit), log
     assert summary_again["counts"]["settlements"] == 1, log
-    assert (board / "edge" / "settle" / f"{1:010d}.cbor").exists()
+    assert [p.name[:10] for p in (board / "edge" / "settle").iterdir()] == [f"{1:010d}"]
+    # The proof prunes the flash: what is left is the best ack of the epoch (its evidence for a
+    # dispute: the highest credit) and the claim that covers it.
+    assert board_claims_and_acks(board) == (claims_before[-1:], [ack_seq]), log
     for run in (summary, summary_again):
         assert run["heap_total"] <= HEAP_BYTES, run
         assert 0 < run["heap_start"] < run["heap_max"] < run["heap_total"], run

@@ -117,7 +117,7 @@ class Claims:
             self.stats.bump("settlement_rejected:" + e.code)
             print("edge: settlement rejected: %s" % e)
             return
-        if self.store.store_settlement(settled["epoch"], payload):
+        if self.store.store_settlement(settled["epoch"], settled["closed_at"], payload):
             self.stats.bump("settlements")
             print("edge: settlement of epoch %d verified, credit %d"
                   % (settled["epoch"], settled["credit"]))

@@ -3,11 +3,10 @@
 #   device.key, gateway.pub, credentials.json   enrolment (provision.py; the CPython agent's format)
 #   outbox/<lease>.res      a sealed result, written BEFORE it is published; .ref once refused;
 #                           .pnd once acked "pending" (what its final ack is matched with)
-#   acks/<seq>-<lease>.ack  receipt id and credit (struct ACK_HEAD), then the gateway's signed
-#                           ack; once its claim is accepted only the claim's last ack is kept
-#                           (the highest credit: a dispute's evidence)
+#   acks/<seq>-<lease>.ack  receipt id, credit and time (struct ACK_HEAD), then the gateway's
+#                           signed ack. Pruned when a settlement is kept (prune_acks)
 #   claims/<first>-<last>.pend|.ok|.rej   a sealed claim until answered, then the receipt
-#   settle/<epoch>.cbor     verified settlement proofs, the newest KEEP_SETTLEMENTS
+#   settle/<epoch>-<closed_at>.cbor   verified settlement proofs, the newest KEEP_SETTLEMENTS
 #   ckpt/<lease>.cbor       a started task: sealed lease, start time, kernel state
 #   blobs/<n>-<hash>        fetched blobs, checked; least recently used evicted over the cap
 #   numbers.json            request numbers and the state seq: never reused after a restart
@@ -25,8 +24,8 @@ from edge_agent.core import cbor, protocol
 
 _NUMBER_BLOCK = 64  # numbers reserved per write of numbers.json (flash wear)
 _DIRS = ("outbox", "acks", "ckpt", "blobs", "claims", "settle")
-ACK_HEAD = ">32sQ"  # an ack file starts with the receipt id and the ack's cumulative credit
-ACK_HEAD_SIZE = 40
+ACK_HEAD = ">32sQI"  # an ack file starts with receipt id, cumulative credit, ack time
+ACK_HEAD_SIZE = 44
 PENDING_NOTE = ">32s16s32s"  # receipt id, task, rhash of a result acked "pending"
 KEEP_SETTLEMENTS = 8
 _CLAIM_ENDS = (".pend", ".ok", ".rej")
@@ -79,6 +78,13 @@ def read_file(path):
             return f.read()
     except OSError:
         return None
+
+
+def _within(n, ranges):
+    for first, last in ranges:
+        if first <= n <= last:
+            return True
+    return False
 
 
 class EnrolmentError(RuntimeError):
@@ -181,8 +187,8 @@ class Store:
         rid, task, rhash = struct.unpack(PENDING_NOTE, note)
         if task != ack["task"] or rhash != ack["rhash"]:
             return False
-        write_file(self._path("acks", name), struct.pack(ACK_HEAD, rid, ack["credit"])
-                   + sealed_ack)
+        head = struct.pack(ACK_HEAD, rid, ack["credit"], ack["at"])
+        write_file(self._path("acks", name), head + sealed_ack)
         if ack["status"] == "pending":
             write_file(note_path, note)
         else:
@@ -190,65 +196,19 @@ class Store:
         _remove(self._path("outbox", h + ".res"))
         return True
 
+    def _ack_heads(self):
+        """(seq, receipt id, credit, at, file name) of every kept ack, in seq order."""
+        heads = []
+        for name in sorted(self._names("acks")):
+            with open(self._path("acks", name), "rb") as f:
+                rid, credit, at = struct.unpack(ACK_HEAD, f.read(ACK_HEAD_SIZE))
+            heads.append((int(name[:10]), rid, credit, at, name))
+        return heads
+
     def unclaimed_acks(self):
         """(seq, receipt id, credit) of every kept ack that no claim covers, in seq order."""
         ranges = [(first, last) for first, last, _ in self.claim_files()]
-        found = []
-        for name in sorted(self._names("acks")):
-            seq = int(name[:10])
-            if [r for r in ranges if r[0] <= seq <= r[1]]:
-                continue
-            with open(self._path("acks", name), "rb") as f:
-                rid, credit = struct.unpack(ACK_HEAD, f.read(ACK_HEAD_SIZE))
-            found.append((seq, rid, credit))
-        return found
-
-    # -- claims and settlements ------------------------------------------------------------------
-
-    def claim_files(self):
-        """(first, last, ending) of every claim: .pend until answered, then .ok or .rej."""
-        out = []
-        for name in self._names("claims"):
-            stem, dot, end = name.partition(".")
-            out.append((int(stem[:10]), int(stem[11:]), dot + end))
-        return out
-
-    def _claim_path(self, first, last, ending):
-        return self._path("claims", "%010d-%010d%s" % (first, last, ending))
-
-    def add_claim(self, first, last, sealed):
-        write_file(self._claim_path(first, last, ".pend"), sealed)
-
-    def pending_claim(self, first, last):
-        return read_file(self._claim_path(first, last, ".pend"))
-
-    def answer_claim(self, first, last, root, status, receipt):
-        """Keep the receipt of our pending claim first..last with this root; once accepted, its
-        acks but the last are dropped. False if no such claim waits (a repeat, not ours)."""
-        sealed = self.pending_claim(first, last)
-        if sealed is None:
-            return False
-        claim = protocol.peek_sealed(sealed, protocol.MAX_PAYLOAD["claim"], ("claim",))
-        if claim["root"] != root:
-            return False
-        accepted = status == "accepted"
-        write_file(self._claim_path(first, last, ".ok" if accepted else ".rej"), receipt)
-        _remove(self._claim_path(first, last, ".pend"))
-        if accepted:
-            for name in self._names("acks"):
-                if first <= int(name[:10]) < last:
-                    _remove(self._path("acks", name))
-        return True
-
-    def store_settlement(self, epoch, message):
-        """Keep a verified proof, one per epoch, the newest KEEP_SETTLEMENTS; False if kept."""
-        path = self._path("settle", "%010d.cbor" % epoch)
-        if _exists(path):
-            return False
-        write_file(path, message)
-        for name in sorted(self._names("settle"))[:-KEEP_SETTLEMENTS]:
-            _remove(self._path("settle", name))
-        return True
+        return [(h[0], h[1], h[2]) for h in self._ack_heads() if not _within(h[0], ranges)]
 
     def refuse(self, lease_id, code):
         """The gateway will never accept this result: stop re-sending it (kept, renamed)."""
@@ -270,6 +230,77 @@ class Store:
             if name[11:43] == h:
                 return True
         return False
+
+    # -- claims and settlements ------------------------------------------------------------------
+
+    def claim_files(self):
+        """(first, last, ending) of every claim: .pend until answered, then .ok or .rej."""
+        out = []
+        for name in self._names("claims"):
+            stem, dot, end = name.partition(".")
+            out.append((int(stem[:10]), int(stem[11:]), dot + end))
+        return out
+
+    def _claim_path(self, first, last, ending):
+        return self._path("claims", "%010d-%010d%s" % (first, last, ending))
+
+    def add_claim(self, first, last, sealed):
+        write_file(self._claim_path(first, last, ".pend"), sealed)
+
+    def pending_claim(self, first, last):
+        return read_file(self._claim_path(first, last, ".pend"))
+
+    def answer_claim(self, first, last, root, status, receipt):
+        """Keep the receipt of our pending claim first..last with this root (.ok or .rej).
+        False if no such claim waits (a repeat, not ours)."""
+        sealed = self.pending_claim(first, last)
+        if sealed is None:
+            return False
+        claim = protocol.peek_sealed(sealed, protocol.MAX_PAYLOAD["claim"], ("claim",))
+        if claim["root"] != root:
+            return False
+        ending = ".ok" if status == "accepted" else ".rej"
+        write_file(self._claim_path(first, last, ending), receipt)
+        _remove(self._claim_path(first, last, ".pend"))
+        return True
+
+    def store_settlement(self, epoch, closed_at, message):
+        """Keep a verified proof, one per epoch, the newest KEEP_SETTLEMENTS, and prune the acks
+        it makes needless; False if this epoch's is kept already."""
+        if [n for n in self._names("settle") if int(n[:10]) == epoch]:
+            return False
+        write_file(self._path("settle", "%010d-%010d.cbor" % (epoch, closed_at)), message)
+        names = sorted(self._names("settle"))
+        for name in names[:-KEEP_SETTLEMENTS]:
+            _remove(self._path("settle", name))
+        self.prune_acks([int(n[11:21]) for n in names[-KEEP_SETTLEMENTS:]])
+        return True
+
+    def prune_acks(self, closings):
+        """Drop the acks no claim or dispute needs any more: in an accepted claim, acked at or
+        before the newest settlement's close, and not the best ack (highest credit, then seq)
+        at or before any kept settlement's close (rewards._best_ack: a dispute's evidence).
+        Then drop accepted claims none of whose acks is left (their seqs never come back)."""
+        accepted = [(f, l) for f, l, end in self.claim_files() if end == ".ok"]
+        heads = self._ack_heads()
+        keep = []
+        for closed in closings:
+            best = None
+            for h in heads:
+                if h[3] <= closed and (best is None or (h[2], h[0]) > (best[2], best[0])):
+                    best = h
+            if best is not None:
+                keep.append(best[0])
+        newest = max(closings) if closings else -1
+        left = []
+        for seq, _, _, at, name in heads:
+            if at <= newest and seq not in keep and _within(seq, accepted):
+                _remove(self._path("acks", name))
+            else:
+                left.append(seq)
+        for first, last in accepted:
+            if not [seq for seq in left if first <= seq <= last]:
+                _remove(self._claim_path(first, last, ".ok"))
 
     # -- checkpoints -----------------------------------------------------------------------------
 
