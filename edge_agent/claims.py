@@ -11,7 +11,12 @@ claim receipts, and settlement proofs checked offline and kept.
   (the gateway answers a repeat with the receipt it stored, so nothing changes).
 * **Receipts** are checked (gateway key, our device, a claim we sent) and kept.
 * **Settlements**: ``rewards.verify_settlement`` (the gateway's key learnt at enrolment, our own
-  leaf, the Merkle path to the signed root) before a proof is kept; one per epoch.
+  leaf, the Merkle path to the signed root) before a proof is kept; one per epoch. Keeping one
+  prunes, in the same transaction, the logged acks no claim or dispute needs any more
+  (``Store.store_settlement``): in an accepted claim, dated at or before the newest close, and
+  not the ack a dispute of some kept epoch would show. So the log stays small on a device that
+  runs for months, and the gaps it leaves are all inside accepted claims: never unclaimed, never
+  in a run still to claim.
 """
 
 from __future__ import annotations
@@ -73,12 +78,18 @@ class Claims:
             self.stats.bump("claim_receipt_unknown")
 
     def on_settlement(self, payload: bytes) -> None:
-        """A settlement proof: verified offline against the gateway's key, then kept."""
+        """A settlement proof: verified offline against the gateway's key, then kept (and the
+        acks it makes needless pruned)."""
         settled = rewards.verify_settlement(payload, self.gateway_pub, signing.verify,
                                             self.device_id)
-        fresh = self.store.store_settlement(StoredSettlement(
+        pruned = self.store.store_settlement(StoredSettlement(
             settled["epoch"], settled["closed_at"], settled["credit"], payload, int(time.time())))
-        self.stats.bump("settlements" if fresh else "settlement_repeat")
+        if pruned is None:
+            self.stats.bump("settlement_repeat")
+            return
+        self.stats.bump("settlements")
+        if pruned:
+            self.stats.bump("acks_pruned", pruned)
 
     # -- claiming -----------------------------------------------------------------------------
 

@@ -62,17 +62,23 @@ def earnings_report(state: StateDir) -> dict[str, Any]:
     try:
         _, epochs = _epoch_rows(store, gw_pub, dev)
         acks = store.logged_acks()
+        pruned = store.pruned_ack_count()
         claims = store.claims()
         unclaimed = store.unclaimed_acks()
     finally:
         store.close()
+    # Pruned acks (Store.prune_acks) all lie in accepted claims: those seqs were acked.
+    settled = [(c.first, c.last) for c in claims if c.status == "accepted"]
+    missing = [seq for seq in rewards.missing_seqs([a.seq for a in acks])
+               if not any(first <= seq <= last for first, last in settled)]
     return {
         "device": dev,
         "gateway_pub": gw_pub.hex(),
         "epochs": epochs,
         "acked_credit": max((a.credit for a in acks), default=0),
         "acks": len(acks),
-        "missing_acks": rewards.missing_seqs([a.seq for a in acks]),
+        "acks_pruned": pruned,
+        "missing_acks": missing,
         "claims": {
             "accepted": sum(c.status == "accepted" for c in claims),
             "rejected": [{"first": c.first, "last": c.last, "code": c.code}
@@ -102,7 +108,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     claims = report["claims"]
     console.print(
-        f"acked: {_credits(report['acked_credit'])} credits in {report['acks']} acks"
+        f"acked: {_credits(report['acked_credit'])} credits in {report['acks']} acks kept"
+        + (f" ({report['acks_pruned']} settled ones pruned)" if report["acks_pruned"] else "")
         + (f", missing acks {report['missing_acks'][:10]}" if report["missing_acks"] else ""))
     console.print(
         f"claims: {claims['accepted']} accepted, {len(claims['pending'])} pending, "

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- Rewards (docs/REWARDS.md): every ack by the gateway's seq, for claims and disputes (the acks
--- table above keeps only each result's latest); claims sent; verified settlement proofs.
+-- table above keeps only each result's latest), until a settlement makes it needless
+-- (Store.prune_acks); claims sent; verified settlement proofs.
 CREATE TABLE IF NOT EXISTS ack_log (
     seq INTEGER PRIMARY KEY,
     lease BLOB NOT NULL,
@@ -161,6 +162,40 @@ def _signed_body(sealed: bytes) -> dict[str, Any] | None:
         return None
     body["_receipt_id"] = hashlib.sha256(body_bytes).digest()  # protocol.receipt_id
     return body
+
+
+def dispute_acks(acks: Iterable[tuple[int, int, int]], closings: Iterable[int]) -> set[int]:
+    """Seqs of the acks disputes need: for each settlement's ``closed_at``, the ack with the
+    highest credit (ties: the highest seq) among ``acks`` = (seq, credit, at) with
+    ``at <= closed_at``, the ack ``rewards._best_ack`` puts in evidence. One sweep in time order:
+    the best so far is the best at every close reached."""
+    by_time = sorted(acks, key=lambda a: a[2])
+    needed: set[int] = set()
+    best: tuple[int, int] | None = None  # (credit, seq)
+    i = 0
+    for closed_at in sorted(closings):
+        while i < len(by_time) and by_time[i][2] <= closed_at:
+            seq, credit, _ = by_time[i]
+            best = max(best, (credit, seq)) if best is not None else (credit, seq)
+            i += 1
+        if best is not None:
+            needed.add(best[1])
+    return needed
+
+
+def needless_acks(acks: Iterable[tuple[int, int, int, bool]], closings: list[int]) -> list[int]:
+    """Seqs of the logged acks no claim or dispute needs any more, of ``acks`` = (seq, credit,
+    at, settled) where ``settled`` says the ack is in a claim the gateway accepted (and its
+    result needs no more ack: see Store.prune_acks). Needless: settled, dated at or before the
+    newest settlement's close, and not an ack a dispute of any kept settlement needs. Acks of
+    rejected or unanswered claims, of no claim, or newer than every settlement all stay."""
+    if not closings:
+        return []
+    acks = list(acks)
+    horizon = max(closings)
+    needed = dispute_acks(((seq, credit, at) for seq, credit, at, _ in acks), closings)
+    return [seq for seq, _, at, settled in acks
+            if settled and at <= horizon and seq not in needed]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,8 +380,10 @@ class Store:
             ).fetchall()
         return [SentClaim(*row) for row in rows]
 
-    def store_settlement(self, settled: StoredSettlement) -> bool:
-        """Keep a verified proof; one per epoch (False when one is kept already)."""
+    def store_settlement(self, settled: StoredSettlement) -> int | None:
+        """Keep a verified proof, one per epoch, and prune the acks it makes needless, in one
+        transaction. None when this epoch's proof is kept already (nothing changes), else how
+        many acks were pruned."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO settlements (epoch, closed_at, credit, message, stored_at) "
@@ -354,7 +391,44 @@ class Store:
                 (settled.epoch, settled.closed_at, settled.credit, settled.message,
                  settled.stored_at),
             )
-        return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return None
+            return self._prune_acks(db)
+
+    def prune_acks(self) -> int:
+        """Drop the logged acks no claim or dispute needs any more (``needless_acks``); how
+        many. Done by ``store_settlement``; a second run finds nothing."""
+        with self._tx() as db:
+            return self._prune_acks(db)
+
+    @staticmethod
+    def _prune_acks(db: sqlite3.Connection) -> int:
+        """``needless_acks`` over the log, deleted and counted (meta ``acks_pruned``) in the
+        caller's transaction. An ack is "settled" when an accepted claim covers it and its
+        result's latest ack is not ``pending``: the final ack still to come finds its receipt
+        id in the log (``_log_ack``), so the log keeps one of that result's acks until then."""
+        rows = db.execute(
+            "SELECT seq, credit, at, EXISTS (SELECT 1 FROM claims AS c WHERE "
+            "c.status = 'accepted' AND a.seq BETWEEN c.first AND c.last) AND NOT EXISTS "
+            "(SELECT 1 FROM acks AS r WHERE r.lease = a.lease AND r.status = 'pending') "
+            "FROM ack_log AS a"
+        ).fetchall()
+        closings = [int(c) for (c,) in db.execute("SELECT closed_at FROM settlements")]
+        doomed = needless_acks(((s, c, t, bool(k)) for s, c, t, k in rows), closings)
+        db.executemany("DELETE FROM ack_log WHERE seq = ?", ((seq,) for seq in doomed))
+        if doomed:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('acks_pruned', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (len(doomed),),
+            )
+        return len(doomed)
+
+    def pruned_ack_count(self) -> int:
+        """How many logged acks were pruned, ever (kept with them, in the same transactions)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'acks_pruned'").fetchone()
+        return 0 if row is None else int(row[0])
 
     def settlements(self) -> list[StoredSettlement]:
         with self._lock:

@@ -1,13 +1,14 @@
 # The edge agent on a MicroPython board: runs at boot (copied to the board's filesystem as
-# main.py; the modules are frozen into the firmware by manifest.py, or copied beside it).
+# main.py; the modules are in a ROMFS image at /rom or frozen into the firmware, both made from
+# manifest.py, or .mpy files beside it: firmware/README.md).
 # On the unix port: micropython main.py [path/to/edge.json]; prints one JSON summary line at exit.
 import gc
 import json
 import sys
 
-# The leaves first, the agent last: a module's bytecode is allocated before its own imports run,
-# so importing the agent first leaves its code in the middle of the heap and every later module
-# around it (on the unix port, 128 KB then fails on a 640-byte block with 40 KB free). Ed25519 goes
+# The leaves first, the agent last: a module's code objects (and, loaded from files, its bytecode)
+# are allocated before its own imports run, so importing the agent first leaves them in the middle
+# of the heap and every later module around them (a small heap then fragments). Ed25519 goes
 # first: its table's garbage is collected before anything long-lived lands between its points.
 for _name in ("edge_agent.core.ed25519", "edge_agent.core.governor", "edge_agent.core.protocol",
               "edge_board.store", "edge_board.inbox", "edge_board.link",
@@ -22,7 +23,7 @@ from edge_board.store import Store  # noqa: E402
 
 def main(path):
     gc.collect()
-    heap_start = gc.mem_alloc()  # the code: on the unix port every module sits in the heap
+    heap_start = gc.mem_alloc()  # what the code holds: function objects, qstrs, tables
     cfg = config.load(path)
     if cfg.network["wifi"]:
         import hal_board
