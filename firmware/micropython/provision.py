@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = board_settings(args.board, args.board_state_dir, args)
     write_private(out / "edge.json", (json.dumps(settings, indent=1) + "\n").encode())
-    print(f"enrolled board {creds.username}; copy it with:")
+    print(f"enrolled board {creds.username}; the agent's code goes on once per board (ROMFS:"
+          f" python {Path(__file__).parent / 'build.py'} --romfs edge.romfs && mpremote romfs"
+          " deploy edge.romfs; other ways: firmware/README.md); then copy its files with:")
     for line in mpremote_commands(out, args.board_state_dir):
         print("  " + line)
     print(f"then delete {out}: it holds the board's key")
