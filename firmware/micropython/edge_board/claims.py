@@ -113,7 +113,7 @@ class Claims:
         try:
             settled = rewards.verify_settlement(payload, self.gateway_pub, ed25519.verify,
                                                 self.device_id)
-        except rewards.RewardsError as e:
+        except (rewards.RewardsError, protocol.ProtocolError) as e:
             self.stats.bump("settlement_rejected:" + e.code)
             print("edge: settlement rejected: %s" % e)
             return

@@ -11,9 +11,10 @@
 #   blobs/<n>-<hash>        fetched blobs, checked; least recently used evicted over the cap
 #   numbers.json            request numbers and the state seq: never reused after a restart
 #
-# Every file is replaced by writing <name>.tmp, removing the old file and renaming (FAT cannot
-# rename over a file). A crash between the two leaves only the .tmp, which is complete: reads
-# promote it. A .tmp beside its file is a half write and is dropped.
+# Every file is replaced by writing <name>.tmp, renaming it <name>.new (complete from then on),
+# removing the old file and renaming .new into place (FAT cannot rename over a file). After a
+# crash a .tmp may be half written and is dropped; a .new is complete and replaces the file.
+# Reads and listings recover first (recover()), so no state is lost or half read.
 import binascii
 import hashlib
 import json
@@ -57,22 +58,27 @@ def _sync():
 
 
 def write_file(path, data):
-    tmp = path + ".tmp"
+    tmp, new = path + ".tmp", path + ".new"
     with open(tmp, "wb") as f:
         f.write(data)
+    _remove(new)  # an older complete version: this one is newer
+    os.rename(tmp, new)
     _remove(path)
-    os.rename(tmp, path)
+    os.rename(new, path)
     _sync()
 
 
+def recover(path):
+    """Finish or undo an interrupted write_file of `path`."""
+    _remove(path + ".tmp")
+    if _exists(path + ".new"):
+        _remove(path)
+        os.rename(path + ".new", path)
+
+
 def read_file(path):
-    """The file's bytes (recovering an interrupted replace), or None."""
-    tmp = path + ".tmp"
-    if _exists(tmp):
-        if _exists(path):
-            _remove(tmp)
-        else:
-            os.rename(tmp, path)
+    """The file's bytes (after recovering an interrupted write), or None."""
+    recover(path)
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -105,7 +111,12 @@ class Store:
         return "/".join((self.root,) + parts)
 
     def _names(self, d):
-        return [n for n in os.listdir(self._path(d)) if not n.endswith(".tmp")]
+        """The files of a directory, after recovering interrupted writes."""
+        names = os.listdir(self._path(d))
+        for n in names:
+            if n[-4:] in (".tmp", ".new"):
+                recover(self._path(d, n[:-4]))
+        return [n for n in os.listdir(self._path(d)) if n[-4:] not in (".tmp", ".new")]
 
     # -- enrolment (read only) -------------------------------------------------------------------
 
