@@ -21,7 +21,6 @@ from typing import Any
 
 import cbor2
 import nacl.signing
-import pytest
 
 from edge_agent.core import merkle, rewards, signing
 from edge_agent.core import protocol as p
