@@ -39,6 +39,7 @@ class Claims:
             if ending == ".pend":
                 self.pending[(first, last)] = None
         self._last_ack = None
+        self._scanned = None  # `waiting` after the last busy look for full runs
         self.handlers = {"claim_receipt": self.on_receipt, "settlement": self.on_settlement}
 
     def done(self):
@@ -65,8 +66,11 @@ class Claims:
             if sent is None or now - sent >= self.cfg.claim_resend_s:
                 self._publish(key, self.store.pending_claim(key[0], key[1]), now)
         quiet = self._last_ack is None or now - self._last_ack >= self.cfg.claim_quiet_s
-        if self.waiting >= self.cfg.claim_batch or (self.waiting and idle and quiet):
-            self._claim(all_of_them=idle and quiet, now=now)
+        if self.waiting and idle and quiet:
+            self._claim(all_of_them=True, now=now)
+        elif self.waiting >= self.cfg.claim_batch and self.waiting != self._scanned:
+            self._claim(all_of_them=False, now=now)
+            self._scanned = self.waiting  # gaps left no full run: look again after a new ack
 
     def _claim(self, all_of_them, now):
         rewards = _rewards()
