@@ -17,32 +17,19 @@ ledger sent that device and the claims it accepted before. The answer is a signe
 
 from __future__ import annotations
 
-import weakref
-
 from edge_agent.core import protocol, signing
 from gateway.handlers_device import Context
 from gateway.settlement import check_claim, seal_claim_receipt
-from gateway.wire import RateLimiter, Rejection, Reply
+from gateway.wire import Rejection, Reply
 
 _LIMIT = protocol.MAX_PAYLOAD["claim"]
-# One claim limiter per service Context, dropped with it. (Context, in handlers_device, holds
-# the state/pull/blob limiters; the claim one lives here so this module owns its limit.)
-_limiters: dict[int, RateLimiter] = {}
-
-
-def claim_limiter(ctx: Context) -> RateLimiter:
-    limiter = _limiters.get(id(ctx))
-    if limiter is None:
-        limiter = _limiters[id(ctx)] = RateLimiter(ctx.limits.claim, ctx.clock)
-        weakref.finalize(ctx, _limiters.pop, id(ctx), None)
-    return limiter
 
 
 def handle_claim(ctx: Context, dev: str, payload: bytes) -> list[Reply]:
     pub = ctx.ledger.device_key(dev)
     if pub is None:
         raise Rejection("unknown_device", f"device {dev} is not enrolled")
-    limiter = claim_limiter(ctx)
+    limiter = ctx.claim_limiter
     if not limiter.allow(dev):
         ctx.count("claim_rate_limited")
         raise Rejection("rate_limited", f"too many claims: send it again in "

@@ -39,11 +39,13 @@ class Context:
     state_limiter: RateLimiter = field(init=False)
     pull_limiter: RateLimiter = field(init=False)
     blob_limiter: RateLimiter = field(init=False)
+    claim_limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.state_limiter = RateLimiter(self.limits.state, self.clock)
         self.pull_limiter = RateLimiter(self.limits.pull, self.clock)
         self.blob_limiter = RateLimiter(self.limits.blob, self.clock)
+        self.claim_limiter = RateLimiter(self.limits.claim, self.clock)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

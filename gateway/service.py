@@ -34,6 +34,7 @@ from gateway.keys import GatewayKey
 from gateway.ledger import Ledger
 from gateway.router import Router
 from gateway.scheduler import Expiry, Scheduler, SchedulerConfig
+from gateway.tokens import prune_expired_tokens
 from gateway.trust import TrustConfig
 from gateway.verifier import Verifier, VerifierConfig
 from gateway.wire import Reply
@@ -120,8 +121,8 @@ class GatewayService:
         self.run_kernel = run_kernel
         self.ctx = Context(self.ledger, self.scheduler, self.key, self.jobs, clock, self.limits,
                            self._note_deadline)
-        accounts = Accounts(paths, broker.reload if broker is not None else None)
-        self.batcher = AccountBatcher(accounts, self.limits.enrol_batch_s,
+        self.accounts = Accounts(paths, broker.reload if broker is not None else None)
+        self.batcher = AccountBatcher(self.accounts, self.limits.enrol_batch_s,
                                       self.limits.token_retire_s)
         self.router = Router(self.ctx, self.batcher)
         self.ready = asyncio.Event()  # subscribed: messages published from now on are seen
@@ -133,6 +134,7 @@ class GatewayService:
         self._verify_wake = asyncio.Event()
         self.verifier.wake = self._verify_wake.set
         self.verified = asyncio.Event()  # set after each own run of the gateway (check, canary)
+        self.tokens_pruned = asyncio.Event()  # set after each pass of the token pruning
         self._connected: aiomqtt.Client | None = None
         self._undelivered: collections.deque[Reply] = collections.deque(maxlen=MAX_UNDELIVERED)
 
@@ -151,6 +153,7 @@ class GatewayService:
             asyncio.create_task(self._expiry_loop(), name="gateway-expiry"),
             asyncio.create_task(self._verify_loop(), name="gateway-verify"),
             asyncio.create_task(self._settlement_loop(), name="gateway-settlements"),
+            asyncio.create_task(self._token_prune_loop(), name="gateway-token-prune"),
         ]
         if self.broker is not None:
             workers.append(asyncio.create_task(self._snapshot_loop(), name="gateway-snapshot"))
@@ -283,6 +286,28 @@ class GatewayService:
         while True:
             await asyncio.sleep(self.limits.expiry_max_wait_s)  # a timer: epochs are rare
             await self.publish_settlements()
+
+    # -- expired enrolment tokens: pruned at start, then every token_prune_every_s -----------
+
+    async def prune_tokens(self) -> int:
+        """Remove the accounts and ledger rows of tokens that expired unused (gateway/tokens.py,
+        after ``token_prune_grace_s``); how many."""
+        before = self.clock() - self.limits.token_prune_grace_s
+        pruned = await prune_expired_tokens(self.ledger, self.accounts, before)
+        if pruned:
+            self.ctx.count("tokens_pruned", pruned)
+            log.info("%d expired unused enrolment tokens pruned", pruned)
+        self.tokens_pruned.set()
+        return pruned
+
+    async def _token_prune_loop(self) -> None:
+        while True:
+            try:
+                await self.prune_tokens()
+            except Exception:  # e.g. the broker did not reload: the next pass tries again
+                log.exception("pruning expired enrolment tokens failed")
+                self.ctx.count("token_prune_failed")
+            await asyncio.sleep(self.limits.token_prune_every_s)  # a timer: tokens expire rarely
 
     # -- verification: the gateway's own runs ------------------------------------------------
 

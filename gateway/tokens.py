@@ -3,10 +3,13 @@
 The first part is a broker account whose password is the secret's hex; it may only publish its
 enrolment request and read its reply (docs/BROKER.md). The ledger keeps a hash of the secret and
 the expiry, and spends the token in the transaction that creates the device (docs/PROTOCOL.md).
+A spent token's account is removed after its enrolment (gateway/handlers_enrol.py); one that
+expired unused is pruned by ``serve`` (account and ledger row, ``prune_expired_tokens``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from gateway.ledger import Ledger
 DEFAULT_TTL_S = 24 * 3600.0
 SECRET_LEN = 16  # bytes: the enrol message's `token` field; 32 hex characters in the token
 MAX_TOKENS_PER_CALL = 10_000
+PRUNE_BATCH = 10_000  # expired tokens pruned in one pass (one rewrite, one reload); more next
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,39 @@ def create_tokens(
         reload = functools.partial(signal_reload, info, probe)
     Accounts(paths, reload).apply(add=[(t.user, t.secret.hex()) for t in tokens])
     return tokens, reload is not None
+
+
+# -- expired tokens ---------------------------------------------------------------------------
+
+
+def expired_unused(ledger: Ledger, before: float, limit: int = PRUNE_BATCH) -> list[str]:
+    """Tokens that expired at ``before`` or earlier and that no device enrolled with (neither
+    spent nor named by a device), oldest first."""
+    with ledger.transaction() as tx:
+        rows = tx.conn.execute(
+            "SELECT id FROM enrol_tokens WHERE used_by IS NULL AND expires_at <= ? "
+            "AND id NOT IN (SELECT token_id FROM devices WHERE token_id IS NOT NULL) "
+            "ORDER BY expires_at LIMIT ?", (before, limit)).fetchall()
+    return [str(token_id) for (token_id,) in rows]
+
+
+def forget_tokens(ledger: Ledger, token_ids: list[str], before: float) -> int:
+    """Delete these tokens' ledger rows if they are still unused and expired at ``before``;
+    how many were deleted."""
+    with ledger.transaction() as tx:
+        return sum(tx.conn.execute(
+            "DELETE FROM enrol_tokens WHERE id = ? AND used_by IS NULL AND expires_at <= ?",
+            (token_id, before)).rowcount for token_id in token_ids)
+
+
+async def prune_expired_tokens(ledger: Ledger, accounts: Accounts, before: float) -> int:
+    """Remove the tokens that expired unused at ``before`` or earlier: their broker accounts in
+    one rewrite and reload (in a thread: the reload waits for Mosquitto), then their ledger
+    rows; how many were pruned. Accounts first: a removal that fails leaves the rows, and the
+    next pass finds the tokens again (removing an account already gone only rewrites the
+    file and reloads)."""
+    token_ids = expired_unused(ledger, before)
+    if not token_ids:
+        return 0
+    await asyncio.to_thread(accounts.apply, (), token_ids)
+    return forget_tokens(ledger, token_ids, before)
