@@ -368,23 +368,28 @@ def test_a_process_killed_mid_prune_leaves_the_log_as_it_was(phone: Phone,
 # -- size -------------------------------------------------------------------------------------
 
 
-def test_ten_thousand_acks_over_ten_epochs_keep_a_few_hundred(phone: Phone) -> None:
-    """A phone's months in small: 10,000 acks one second apart, claimed 64 at a time as the
-    agent does, an epoch every 1,000 acks closing 200 s behind the newest ack."""
+def test_three_thousand_acks_over_ten_epochs_keep_one_per_epoch_and_the_unsettled(
+    phone: Phone
+) -> None:
+    """A phone's months in small: 3,000 acks one second apart, claimed 64 at a time as the
+    agent does, an epoch every 300 acks closing 60 s behind the newest ack."""
+    total, every, lag = 3_000, 300, 60
     prune_s: list[float] = []
-    for seq in range(1, 10_001):
+    for seq in range(1, total + 1):
         phone.ack(lease(seq), seq, 100 * seq, seq)
         if seq % 64 == 0:
             phone.claim_due(["accepted"])
-        if seq % 1_000 == 0:
+        if seq % every == 0:
             started = time.perf_counter()
-            phone.settle(seq - 200)
+            phone.settle(seq - lag)
             prune_s.append(time.perf_counter() - started)
     kept = phone.kept()
-    # After the last close (9,800): 200 acks; before it, one best ack per epoch.
-    assert kept == [seq - 200 for seq in range(1_000, 10_001, 1_000)] + list(range(9_801, 10_001))
-    assert phone.store.pruned_ack_count() == 10_000 - len(kept) == 9_790
-    assert runs(phone) == [list(range(9_985, 10_001))]  # the last 16: not a full 64 yet
-    print(f"\n10,000 acks: {len(kept)} kept, {phone.store.pruned_ack_count()} pruned; "
+    # After the last close: `lag` acks; before it, one best ack per epoch.
+    assert kept == ([seq - lag for seq in range(every, total + 1, every)]
+                    + list(range(total - lag + 1, total + 1)))
+    assert phone.store.pruned_ack_count() == total - len(kept) == total - 10 - lag
+    claimed_up_to = total // 64 * 64
+    assert runs(phone) == [list(range(claimed_up_to + 1, total + 1))]  # not a full 64 yet
+    print(f"\n{total} acks: {len(kept)} kept, {phone.store.pruned_ack_count()} pruned; "
           f"settlement + prune median {1000 * sorted(prune_s)[5]:.1f} ms, "
           f"max {1000 * max(prune_s):.1f} ms; db {os.path.getsize(phone.state.db_path)} B")
