@@ -8,13 +8,14 @@ import gc
 import sys
 import time
 
-from edge_agent.core import blobs, ed25519, protocol
+from edge_agent.core import blobs, ed25519, protocol, statedoc
 from edge_agent.core import kernels as registry
 from edge_agent.core.governor import PAUSE, RUN, STOP, Governor, Settings
-from edge_board import device, statedoc
+from edge_board import device
 from edge_board.claims import Claims
 from edge_board.inbox import FetchError, Inbox, hex8, retry_on_memory
 from edge_board.link import Link
+from edge_board.statereport import StateReport
 from edge_board.store import EnrolmentError
 
 MAX_LEASE_BYTES = 131072  # an item of `leases` (protocol.SCHEMAS["leases"])
@@ -113,7 +114,7 @@ class Agent:
                              clock=self.clock.seconds, wake=self._wake_up)
         self.inbox.handlers.update(self.claims.handlers)
         self.governor = Governor(Settings(**cfg.governor))
-        self.report = statedoc.StateReport()
+        self.report = StateReport()
         self.kernels = sorted(cfg.kernels or registry.NAMES)
         self.pending = []  # verified leases not started yet
         self.held = []  # started, stopped by the governor (checkpointed)
