@@ -8,7 +8,7 @@ import gc
 import sys
 import time
 
-from edge_agent.core import blobs, ed25519, protocol, statedoc
+from edge_agent.core import blobs, ed25519, leases, protocol, statedoc
 from edge_agent.core import kernels as registry
 from edge_agent.core.governor import PAUSE, RUN, STOP, Governor, Settings
 from edge_board import device
@@ -18,7 +18,6 @@ from edge_board.link import Link
 from edge_board.statereport import StateReport
 from edge_board.store import EnrolmentError
 
-MAX_LEASE_BYTES = 131072  # an item of `leases` (protocol.SCHEMAS["leases"])
 DECIDE_EVERY_S = 5  # the governor keeps a sample per decision: bounded by its 180 s window
 
 
@@ -51,23 +50,6 @@ class Task:
     @property
     def deadline(self):
         return self.lease["deadline"]
-
-
-def check_lease(sealed, gateway_pub, device_id, now, kernels):
-    """A lease's body if it may run here, else ProtocolError (edge_agent/leases.py's checks)."""
-    body = protocol.open_sealed(sealed, MAX_LEASE_BYTES, ed25519.verify, gateway_pub,
-                                ("lease",))[0]
-    if body["dev"] != device_id:
-        raise protocol.ProtocolError("not_your_lease", "lease is for device %s" % body["dev"])
-    if body["kernel"] not in kernels:
-        raise protocol.ProtocolError("unknown_kernel", "no kernel %r here" % body["kernel"])
-    if body["deadline"] <= now:
-        raise protocol.ProtocolError("lease_expired", "deadline %d has passed" % body["deadline"])
-    try:
-        blobs.check_refs(body["params"])
-    except blobs.BlobError as e:
-        raise protocol.ProtocolError("bad_params", str(e)) from None
-    return body
 
 
 def release_kernel(name):
@@ -222,8 +204,7 @@ class Agent:
         now = device.unix_time()
         for item in items:
             try:
-                lease = retry_on_memory(check_lease, item, self.gateway_pub, self.device_id, now,
-                                        self.kernels)
+                lease = retry_on_memory(self._check_lease, item, now)
             except protocol.ProtocolError as e:
                 self.stats.bump("lease_rejected:" + e.code)
                 print("edge: lease rejected: %s" % e)
@@ -234,6 +215,10 @@ class Agent:
             self.pending.append(Task(lease, item))
             self.stats.bump("leases_accepted")
         self._wake = True
+
+    def _check_lease(self, sealed, now):
+        return leases.check(sealed, self.gateway_pub, ed25519.verify, device_id=self.device_id,
+                            now=now, kernels=self.kernels)
 
     def _knows_lease(self, lease_id):
         for t in self.pending + self.held:
@@ -389,7 +374,7 @@ class Agent:
         now = device.unix_time()
         for lease_id, sealed, started, state in self.store.checkpoints():
             try:
-                lease = check_lease(sealed, self.gateway_pub, self.device_id, now, self.kernels)
+                lease = self._check_lease(sealed, now)
             except protocol.ProtocolError as e:
                 self.store.drop_checkpoint(lease_id)
                 self.stats.bump("checkpoint_dropped:" + e.code)
