@@ -418,7 +418,15 @@ class Store:
         ).fetchall()
         closings = [int(c) for (c,) in db.execute("SELECT closed_at FROM settlements")]
         doomed = needless_acks(((s, c, t, bool(k)) for s, c, t, k in rows), closings)
+        leases = {row[0] for seq in doomed
+                  for row in db.execute("SELECT lease FROM ack_log WHERE seq = ?", (seq,))}
         db.executemany("DELETE FROM ack_log WHERE seq = ?", ((seq,) for seq in doomed))
+        # A result none of whose acks is logged any more is settled for good: its latest ack
+        # (kept to match a later one) goes too. Should its lease arrive again before its
+        # deadline, the gateway refuses the second result: forgetting costs a wasted run at most.
+        db.executemany(
+            "DELETE FROM acks WHERE lease = ? AND status != 'pending' AND NOT EXISTS "
+            "(SELECT 1 FROM ack_log WHERE lease = acks.lease)", ((lease,) for lease in leases))
         if doomed:
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acks_pruned', ?) "

@@ -388,6 +388,8 @@ def test_three_thousand_acks_over_ten_epochs_keep_one_per_epoch_and_the_unsettle
     assert kept == ([seq - lag for seq in range(every, total + 1, every)]
                     + list(range(total - lag + 1, total + 1)))
     assert phone.store.pruned_ack_count() == total - len(kept) == total - 10 - lag
+    # Each result's latest ack goes with its last logged one: the outbox stays bounded too.
+    assert sorted(a.seq for a in phone.store.acks()) == kept
     claimed_up_to = total // 64 * 64
     assert runs(phone) == [list(range(claimed_up_to + 1, total + 1))]  # not a full 64 yet
     print(f"\n{total} acks: {len(kept)} kept, {phone.store.pruned_ack_count()} pruned; "
