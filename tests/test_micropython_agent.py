@@ -338,3 +338,16 @@ def test_the_board_agent_works_claims_and_checks_its_settlement_on_a_128k_heap(
     print(f"\nboard agent: heap at start {summary['heap_start']}, max {summary['heap_max']} "
           f"(settlement run: {summary_again['heap_max']}) of {summary['heap_total']} bytes; "
           f"task ms {summary['task_ms']}; claims {[c[:2] for c in claims]}")
+
+
+def test_the_board_benchmark_reports_the_code_heap_from_romfs_well_under_the_128k_heap() -> None:
+    """benchmarks/board.py, once: its last line is the JSON report, and the code's share of the
+    heap from ROMFS leaves the agent's data (~20 KB at its peak) room in 128 KB."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.board", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=WAIT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 < report["image_bytes"] < 96 * 1024, report
+    assert report["code_heap_romfs"] < 96 * 1024 < report["code_heap_files"], report
+    assert report["files_vs_romfs"] > 1.3, report
+    assert 0 < report["montecarlo_vs_c"] < 1 and 0 < report["sha256_vs_c"] < 1, report
