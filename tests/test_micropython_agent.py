@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -21,11 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from benchmarks.board import load_build
 from gateway import jobs
 from gateway.accounts import ServeInfo
 from gateway.config import StatePaths
@@ -57,15 +56,7 @@ JOBS = {  # montecarlo first (priority): its tasks run long enough to restart th
 # -- the board image -------------------------------------------------------------------------
 
 
-def _load_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("board_build", FIRMWARE / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build()
+build = load_build()  # firmware/micropython/build.py
 
 
 @pytest.fixture(scope="module")
