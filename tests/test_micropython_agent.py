@@ -137,6 +137,33 @@ print(r.battery_percent, r.charging, r.hottest_zone_mc, len(r.problems), d.actio
     assert proc.stdout.split("\n")[-2] == want, proc.stdout
 
 
+# -- the board's settings --------------------------------------------------------------------
+
+
+def test_edge_json_refuses_unknown_keys_and_claim_batches_the_protocol_cannot_carry(
+    micropython: str
+) -> None:
+    script = f"""
+import sys
+sys.path[:0] = ["{FIRMWARE}", "{ROOT}"]
+from edge_board.config import Config
+print(Config({{"agent": {{"claim_batch": 256}}}}).claim_batch)
+for doc in ({{"agent": {{"claim_batch": 0}}}}, {{"agent": {{"claim_batch": 257}}}},
+            {{"agent": {{"claim_batch": "32"}}}}, {{"agent": {{"clam_batch": 3}}}},
+            {{"hall": {{}}}}):
+    try:
+        Config(doc)
+    except ValueError as e:
+        print(e)
+"""
+    proc = subprocess.run([micropython, "-c", script], capture_output=True, text=True,
+                          timeout=WAIT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "256", *["edge.json agent.claim_batch: 1 to 256 acks"] * 3,
+        "edge.json agent.clam_batch: unknown setting", "edge.json: unknown section 'hall'"]
+
+
 # -- the gateway and the board ---------------------------------------------------------------
 
 

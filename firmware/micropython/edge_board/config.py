@@ -2,6 +2,8 @@
 # are errors, so a typo never silently leaves a default in place.
 import json
 
+from edge_agent.core.protocol import MAX_CLAIM_RECEIPTS
+
 AGENT_DEFAULTS = (
     ("state_dir", "/edge"),  # device.key, gateway.pub, credentials.json and the durable store
     ("gateway_url", None),  # override credentials.json's URL (the board may see another address)
@@ -26,7 +28,7 @@ AGENT_DEFAULTS = (
     ("stable_after_s", 30),  # a connection up this long resets the backoff
     ("utc_offset_min", 0),  # the owner's time zone, for the governor's windows
     ("max_inbox_queue", 16),
-    ("claim_batch", 32),  # acks per claim (the protocol allows 256; each id is heap here)
+    ("claim_batch", 32),  # acks per claim (the protocol allows 256: each id is heap here)
     ("claim_quiet_s", 2),  # an idle board claims once no ack came for this long
     ("claim_resend_s", 60),  # an unanswered claim is sent again after this long
 )
@@ -44,6 +46,9 @@ class Config:
         for name in doc:
             if name not in ("agent", "hal", "governor", "wifi", "ntp"):
                 raise ValueError("edge.json: unknown section %r" % name)
+        batch = self.claim_batch
+        if type(batch) is not int or not 1 <= batch <= MAX_CLAIM_RECEIPTS:
+            raise ValueError("edge.json agent.claim_batch: 1 to %d acks" % MAX_CLAIM_RECEIPTS)
         self.hal = doc.get("hal", {"kind": "board"})
         self.governor = doc.get("governor", {})
         self.network = {"wifi": doc.get("wifi"), "ntp": doc.get("ntp", False)}
