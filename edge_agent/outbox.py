@@ -21,12 +21,14 @@ import dataclasses
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cbor2
+
+from edge_agent.core import rewards
 
 DEFAULT_BLOB_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -162,40 +164,6 @@ def _signed_body(sealed: bytes) -> dict[str, Any] | None:
         return None
     body["_receipt_id"] = hashlib.sha256(body_bytes).digest()  # protocol.receipt_id
     return body
-
-
-def dispute_acks(acks: Iterable[tuple[int, int, int]], closings: Iterable[int]) -> set[int]:
-    """Seqs of the acks disputes need: for each settlement's ``closed_at``, the ack with the
-    highest credit (ties: the highest seq) among ``acks`` = (seq, credit, at) with
-    ``at <= closed_at``, the ack ``rewards._best_ack`` puts in evidence. One sweep in time order:
-    the best so far is the best at every close reached."""
-    by_time = sorted(acks, key=lambda a: a[2])
-    needed: set[int] = set()
-    best: tuple[int, int] | None = None  # (credit, seq)
-    i = 0
-    for closed_at in sorted(closings):
-        while i < len(by_time) and by_time[i][2] <= closed_at:
-            seq, credit, _ = by_time[i]
-            best = max(best, (credit, seq)) if best is not None else (credit, seq)
-            i += 1
-        if best is not None:
-            needed.add(best[1])
-    return needed
-
-
-def needless_acks(acks: Iterable[tuple[int, int, int, bool]], closings: list[int]) -> list[int]:
-    """Seqs of the logged acks no claim or dispute needs any more, of ``acks`` = (seq, credit,
-    at, settled) where ``settled`` says the ack is in a claim the gateway accepted (and its
-    result needs no more ack: see Store.prune_acks). Needless: settled, dated at or before the
-    newest settlement's close, and not an ack a dispute of any kept settlement needs. Acks of
-    rejected or unanswered claims, of no claim, or newer than every settlement all stay."""
-    if not closings:
-        return []
-    acks = list(acks)
-    horizon = max(closings)
-    needed = dispute_acks(((seq, credit, at) for seq, credit, at, _ in acks), closings)
-    return [seq for seq, _, at, settled in acks
-            if settled and at <= horizon and seq not in needed]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,14 +364,14 @@ class Store:
             return self._prune_acks(db)
 
     def prune_acks(self) -> int:
-        """Drop the logged acks no claim or dispute needs any more (``needless_acks``); how
+        """Drop the logged acks no claim or dispute needs any more (``rewards.needless_acks``); how
         many. Done by ``store_settlement``; a second run finds nothing."""
         with self._tx() as db:
             return self._prune_acks(db)
 
     @staticmethod
     def _prune_acks(db: sqlite3.Connection) -> int:
-        """``needless_acks`` over the log, deleted and counted (meta ``acks_pruned``) in the
+        """``rewards.needless_acks`` over the log, deleted and counted (meta ``acks_pruned``) in the
         caller's transaction. An ack is "settled" when an accepted claim covers it and its
         result's latest ack is not ``pending``: the final ack still to come finds its receipt
         id in the log (``_log_ack``), so the log keeps one of that result's acks until then.
@@ -417,7 +385,7 @@ class Store:
             "r.status = 'pending') FROM ack_log AS a"
         ).fetchall()
         closings = [int(c) for (c,) in db.execute("SELECT closed_at FROM settlements")]
-        doomed = needless_acks(((s, c, t, bool(k)) for s, c, t, k in rows), closings)
+        doomed = rewards.needless_acks(((s, c, t, bool(k)) for s, c, t, k in rows), closings)
         leases = {row[0] for seq in doomed
                   for row in db.execute("SELECT lease FROM ack_log WHERE seq = ?", (seq,))}
         db.executemany("DELETE FROM ack_log WHERE seq = ?", ((seq,) for seq in doomed))

@@ -60,9 +60,9 @@ class ServiceLimits:
     state: Bucket = Bucket(burst=4, per_s=0.2)  # the agent sends at most one per 30 s
     pull: Bucket = Bucket(burst=8, per_s=2.0)
     blob: Bucket = Bucket(burst=64, per_s=64.0)
-    # An honest device claims once per 64 acks (a board 32) or, idle, once no ack came for 1 s,
-    # and re-sends each unanswered claim every 30 s (a board 60 s) and, a board, all of them at
-    # each reconnect: well under one a second, in bursts of its pending claims.
+    # An honest device claims once per 64 acks (a board 32) or, idle, once no ack came for 1 s
+    # (a board 2 s), and re-sends each unanswered claim every 30 s (a board 60 s) and, a board,
+    # all of them at each reconnect: well under one a second, in bursts of its pending claims.
     claim: Bucket = Bucket(burst=32, per_s=1.0)
     retry_empty_s: int = 30  # no_work retry hints, seconds
     retry_unfit_s: int = 60

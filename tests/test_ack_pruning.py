@@ -29,9 +29,10 @@ from hypothesis import strategies as st
 
 from edge_agent.claims import Claims
 from edge_agent.core import cbor, protocol, rewards, signing
+from edge_agent.core.rewards import needless_acks
 from edge_agent.earnings import earnings_report, write_disputes
 from edge_agent.identity import Credentials, StateDir
-from edge_agent.outbox import OutboxEntry, Store, StoredAck, StoredSettlement, needless_acks
+from edge_agent.outbox import OutboxEntry, Store, StoredAck, StoredSettlement
 from edge_agent.runtime import Stats
 from gateway.keys import GatewayKey
 from gateway.settlement import Settlement, close_epoch

@@ -248,6 +248,51 @@ def test_acks_clear_the_outbox_pending_ones_leave_a_note_repeats_and_strangers_c
                                          f"outbox/{r5.stem}.pnd": note5}
 
 
+def test_a_repeated_ack_finishes_what_a_crash_in_store_ack_left_half_done(
+    micropython: str, tmp_path: Path
+) -> None:
+    """store_ack writes the ack file, then the pending note, then removes the result: a board
+    that died in between re-sends the result, the gateway answers with the same ack, and that
+    repeat completes the rest (counted once)."""
+    r1, r2 = make_result(1), make_result(2)
+    a1, pending2 = make_ack(r1, 1, 100), make_ack(r2, 2, 100, "pending")
+    res1, res2, note2 = (f"outbox/{r1.stem}.res", f"outbox/{r2.stem}.res",
+                         f"outbox/{r2.stem}.pnd")
+    steps = [
+        step("result", lease=r1.lease, sealed=r1.sealed),
+        step("ack", sealed=a1),  # 1
+        step("raw_write", path=res1, data=r1.sealed),  # 2: died before removing the result
+        step("ack", sealed=a1),  # 3: the repeat cleans up
+        step("result", lease=r2.lease, sealed=r2.sealed),
+        step("ack", sealed=pending2),  # 5
+        step("remove", path=note2),  # died after the ack file, before the note ...
+        step("raw_write", path=res2, data=r2.sealed),  # ... and the result's removal
+        step("ack", sealed=pending2),  # 8
+    ]
+    out = run_board(micropython, tmp_path / "state", steps)
+    assert out[1]["ret"] is True and out[3]["ret"] is False
+    assert res1 in out[2]["files"] and res1 not in out[3]["files"]
+    assert out[3]["files"] == out[1]["files"]
+    assert out[5]["ret"] is True and out[8]["ret"] is False
+    assert note2 not in out[7]["files"] and res2 in out[7]["files"]
+    assert out[8]["files"] == out[5]["files"]  # the note is back, the result gone
+
+
+def test_a_full_batch_is_claimed_while_busy_after_an_idle_claim_left_no_acks_waiting(
+    micropython: str, tmp_path: Path
+) -> None:
+    first, acked = acked_steps([1, 2, 4])  # 3 never acked
+    later, more = acked_steps([5, 6, 7])
+    acked.update(more)
+    out = run_board(micropython, tmp_path / "state",
+                    [*first, step("tick", idle=False), step("tick", idle=True), *later,
+                     step("tick", idle=False)], claim_batch=3, claim_quiet_s=0)
+    assert published(out[len(first)]) == []  # three waiting, but no run of three
+    assert published(out[len(first) + 1]) == [sealed_claim([acked[1], acked[2]]),
+                                               sealed_claim([acked[4]])]
+    assert published(out[-1]) == [sealed_claim([acked[5], acked[6], acked[7]])]
+
+
 # -- 2. claims ------------------------------------------------------------------------------------
 
 
@@ -475,6 +520,7 @@ def test_verified_settlements_are_kept_and_prune_only_the_acks_no_claim_or_dispu
         *((f"e{i + 1}", m) for i, m in enumerate(proof[:2])),
         ("repeat", proof[0]),
         *((f"e{i + 3}", m) for i, m in enumerate(proof[2:])),
+        ("replay_of_the_oldest", proof[0]),  # epoch 1 is no longer kept: still a repeat
     ]
     cases: list[tuple[str | None, dict[str, Any]]] = [
         (name, step("inbox", payload=m)) for name, m in messages]
@@ -523,6 +569,8 @@ def test_verified_settlements_are_kept_and_prune_only_the_acks_no_claim_or_dispu
             assert max((c for s_, _, c in acked.values() if T0 + 100 * s_ <= close),
                        default=None) == max((acked[q][2] for q in want[e]
                                              if T0 + 100 * q <= close), default=None)
+    assert got["replay_of_the_oldest"]["stats"] == {"settlement_repeat": 1}
+    assert got["replay_of_the_oldest"]["files"] == got["e9"]["files"]
     state = tmp_path / "state"
     assert sorted(files_of(state, "claims")) == [
         claim_path(4, 5, ".rej"), claim_path(6, 6, ".pend"), claim_path(7, 9, ".ok")]

@@ -198,6 +198,41 @@ def missing_seqs(seqs, after=0):
     return [s for s in range(after + 1, top + 1) if s not in have]
 
 
+def dispute_acks(acks, closings):
+    """Seqs of the acks disputes need: for each settlement's `closed_at`, the ack with the
+    highest credit (ties: the highest seq) among `acks` = (seq, credit, at) with
+    at <= closed_at, the ack _best_ack puts in evidence. One sweep in time order: the best so
+    far is the best at every close reached."""
+    by_time = sorted(acks, key=lambda a: a[2])
+    needed = set()
+    best = None  # (credit, seq)
+    i = 0
+    for closed_at in sorted(closings):
+        while i < len(by_time) and by_time[i][2] <= closed_at:
+            seq, credit, _ = by_time[i]
+            if best is None or (credit, seq) > best:
+                best = (credit, seq)
+            i += 1
+        if best is not None:
+            needed.add(best[1])
+    return needed
+
+
+def needless_acks(acks, closings):
+    """Seqs of the kept acks no claim or dispute needs any more, of `acks` = (seq, credit, at,
+    settled) where `settled` says the ack is in a claim the gateway accepted (and its result
+    needs no further ack). Needless: settled, dated at or before the newest settlement's close,
+    and not an ack a dispute of any kept settlement needs (dispute_acks). Acks of rejected or
+    unanswered claims, of no claim, or newer than every settlement all stay. The agent on
+    CPython (edge_agent/outbox.py) and the board (edge_board/store.py) prune by this rule."""
+    if not closings:
+        return []
+    acks = list(acks)
+    horizon = max(closings)
+    needed = dispute_acks([(a[0], a[1], a[2]) for a in acks], closings)
+    return [a[0] for a in acks if a[3] and a[2] <= horizon and a[0] not in needed]
+
+
 def claim_batches(acked, size=p.MAX_CLAIM_RECEIPTS):
     """Split acked receipts (seq order) into runs of consecutive seqs of at most `size` each:
     a claim covers a contiguous range, so a missing ack ends a batch."""

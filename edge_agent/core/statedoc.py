@@ -1,6 +1,6 @@
 # The retained `state` document (docs/PROTOCOL.md): coarse fields free of personal data, built
 # here for both the CPython agent (edge_agent/state_doc.py) and the MicroPython board
-# (firmware/micropython/edge_board/statedoc.py); each paces and sends it its own way.
+# (firmware/micropython/edge_board/statereport.py); each paces and sends it its own way.
 from edge_agent.core import protocol
 
 

@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.romfs and not args.mpy_dir:
         parser.error("say --romfs FILE, --mpy-dir DIR or both")
+    if args.mpy_dir and Path(args.mpy_dir).exists() and any(Path(args.mpy_dir).iterdir()):
+        parser.error(f"--mpy-dir {args.mpy_dir} is not empty: old modules would go in the image")
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(args.mpy_dir) if args.mpy_dir else Path(tmp)
         modules = build_tree(tree)

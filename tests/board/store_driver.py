@@ -129,6 +129,8 @@ def run(board, clock, step):
     elif op == "raw_write":
         with open(ROOT + "/" + step["path"], "wb") as f:
             f.write(unhex(step["data"]))
+    elif op == "remove":
+        os.remove(ROOT + "/" + step["path"])
     elif op == "read_file":
         data = store.read_file(ROOT + "/" + step["path"])
         return None if data is None else hexs(data)

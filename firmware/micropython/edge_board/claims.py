@@ -11,6 +11,7 @@
 # core.rewards (and core.merkle) are imported on the first claim or proof, not at start.
 from edge_agent.core import ed25519, protocol
 from edge_board import device
+from edge_board.inbox import retry_on_memory
 
 INBOX_LIMIT = protocol.MAX_PAYLOAD["inbox"]
 
@@ -39,7 +40,7 @@ class Claims:
             if ending == ".pend":
                 self.pending[(first, last)] = None
         self._last_ack = None
-        self._scanned = None  # `waiting` after the last busy look for full runs
+        self._new_ack = True  # an ack came since the last look for full runs
         self.handlers = {"claim_receipt": self.on_receipt, "settlement": self.on_settlement}
 
     def done(self):
@@ -48,6 +49,7 @@ class Claims:
 
     def note_ack(self):
         self.waiting += 1
+        self._new_ack = True
         self._last_ack = self.clock()
 
     def resend_all(self):
@@ -58,19 +60,26 @@ class Claims:
     # -- sending ---------------------------------------------------------------------------------
 
     def tick(self, idle):
-        """Claim what is due and re-send what waits too long; `idle`: no task, no unacked."""
+        """Claim what is due and re-send what waits too long; `idle`: no task, no unacked.
+        A failure (no heap for the signature, flash full) is counted and retried next time."""
         if not self.link.connected:
             return
-        now = self.clock()
+        try:
+            self._tick(idle, self.clock())
+        except Exception as e:  # MemoryError, OSError: the agent goes on
+            self.stats.bump("claim_failed")
+            print("edge: claiming failed, will retry: %r" % e)
+
+    def _tick(self, idle, now):
         for key, sent in self.pending.items():
             if sent is None or now - sent >= self.cfg.claim_resend_s:
                 self._publish(key, self.store.pending_claim(key[0], key[1]), now)
         quiet = self._last_ack is None or now - self._last_ack >= self.cfg.claim_quiet_s
         if self.waiting and idle and quiet:
-            self._claim(all_of_them=True, now=now)
-        elif self.waiting >= self.cfg.claim_batch and self.waiting != self._scanned:
-            self._claim(all_of_them=False, now=now)
-            self._scanned = self.waiting  # gaps left no full run: look again after a new ack
+            retry_on_memory(self._claim, True, now)
+        elif self.waiting >= self.cfg.claim_batch and self._new_ack:
+            self._new_ack = False  # gaps may leave no full run: look again after a new ack
+            retry_on_memory(self._claim, False, now)
 
     def _claim(self, all_of_them, now):
         rewards = _rewards()

@@ -49,6 +49,10 @@ class Config:
         batch = self.claim_batch
         if type(batch) is not int or not 1 <= batch <= MAX_CLAIM_RECEIPTS:
             raise ValueError("edge.json agent.claim_batch: 1 to %d acks" % MAX_CLAIM_RECEIPTS)
+        for name in ("claim_quiet_s", "claim_resend_s"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or value < 0:
+                raise ValueError("edge.json agent.%s: seconds, 0 or more" % name)
         self.hal = doc.get("hal", {"kind": "board"})
         self.governor = doc.get("governor", {})
         self.network = {"wifi": doc.get("wifi"), "ntp": doc.get("ntp", False)}

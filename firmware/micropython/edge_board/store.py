@@ -26,10 +26,9 @@ from edge_agent.core import cbor, protocol
 _NUMBER_BLOCK = 64  # numbers reserved per write of numbers.json (flash wear)
 _DIRS = ("outbox", "acks", "ckpt", "blobs", "claims", "settle")
 ACK_HEAD = ">32sQI"  # an ack file starts with receipt id, cumulative credit, ack time
-ACK_HEAD_SIZE = 44
+ACK_HEAD_SIZE = struct.calcsize(ACK_HEAD)
 PENDING_NOTE = ">32s16s32s"  # receipt id, task, rhash of a result acked "pending"
 KEEP_SETTLEMENTS = 8
-_CLAIM_ENDS = (".pend", ".ok", ".rej")
 
 
 def hexs(b):
@@ -179,11 +178,10 @@ class Store:
     def store_ack(self, ack, sealed_ack):
         """Keep a verified ack and clear its outbox entry if lease, task and rhash match a result
         of ours. A "pending" ack leaves a .pnd note (receipt id, task, rhash) for the final ack
-        that follows. False when no result of ours is acked by it, or it is kept (a repeat)."""
+        that follows. True for a new ack; False for a repeat (which still finishes what a crash
+        left half done) or when no result of ours is acked by it."""
         h = hexs(ack["lease"])
-        name = "%010d-%s.ack" % (ack["seq"], h)
-        if _exists(self._path("acks", name)):
-            return False
+        ack_path = self._path("acks", "%010d-%s.ack" % (ack["seq"], h))
         note_path = self._path("outbox", h + ".pnd")
         sealed = self.outbox_entry(ack["lease"])
         if sealed is not None:
@@ -198,22 +196,28 @@ class Store:
         rid, task, rhash = struct.unpack(PENDING_NOTE, note)
         if task != ack["task"] or rhash != ack["rhash"]:
             return False
-        head = struct.pack(ACK_HEAD, rid, ack["credit"], ack["at"])
-        write_file(self._path("acks", name), head + sealed_ack)
-        if ack["status"] == "pending":
-            write_file(note_path, note)
-        else:
+        fresh = not _exists(ack_path)
+        if fresh:
+            write_file(ack_path, struct.pack(ACK_HEAD, rid, ack["credit"], ack["at"]) + sealed_ack)
+        if ack["status"] != "pending":
             _remove(note_path)
+        elif sealed is not None:
+            write_file(note_path, note)
         _remove(self._path("outbox", h + ".res"))
-        return True
+        return fresh
 
     def _ack_heads(self):
-        """(seq, receipt id, credit, at, file name) of every kept ack, in seq order."""
+        """(seq, receipt id, credit, at, file name) of every kept ack, in seq order. A file that
+        does not parse (damaged) is dropped, with a line on the console."""
         heads = []
         for name in sorted(self._names("acks")):
-            with open(self._path("acks", name), "rb") as f:
-                rid, credit, at = struct.unpack(ACK_HEAD, f.read(ACK_HEAD_SIZE))
-            heads.append((int(name[:10]), rid, credit, at, name))
+            try:
+                with open(self._path("acks", name), "rb") as f:
+                    rid, credit, at = struct.unpack(ACK_HEAD, f.read(ACK_HEAD_SIZE))
+                heads.append((int(name[:10]), rid, credit, at, name))
+            except (ValueError, OSError) as e:
+                print("edge: dropped a damaged ack file %s: %r" % (name, e))
+                _remove(self._path("acks", name))
         return heads
 
     def unclaimed_acks(self):
@@ -249,7 +253,10 @@ class Store:
         out = []
         for name in self._names("claims"):
             stem, dot, end = name.partition(".")
-            out.append((int(stem[:10]), int(stem[11:]), dot + end))
+            try:
+                out.append((int(stem[:10]), int(stem[11:]), dot + end))
+            except ValueError:
+                print("edge: ignored a stray file claims/%s" % name)
         return out
 
     def _claim_path(self, first, last, ending):
@@ -278,8 +285,9 @@ class Store:
     def store_settlement(self, epoch, closed_at, message):
         """Keep a verified proof, one per epoch, the newest KEEP_SETTLEMENTS, and prune the acks
         it makes needless; False if this epoch's is kept already."""
-        if [n for n in self._names("settle") if int(n[:10]) == epoch]:
-            return False
+        kept = [int(n[:10]) for n in self._names("settle")]
+        if epoch in kept or (len(kept) >= KEEP_SETTLEMENTS and epoch < min(kept)):
+            return False  # kept, or older than every kept one: a replay
         write_file(self._path("settle", "%010d-%010d.cbor" % (epoch, closed_at)), message)
         names = sorted(self._names("settle"))
         for name in names[:-KEEP_SETTLEMENTS]:
@@ -288,27 +296,22 @@ class Store:
         return True
 
     def prune_acks(self, closings):
-        """Drop the acks no claim or dispute needs any more: in an accepted claim, acked at or
-        before the newest settlement's close, and not the best ack (highest credit, then seq)
-        at or before any kept settlement's close (rewards._best_ack: a dispute's evidence).
-        Then drop accepted claims none of whose acks is left (their seqs never come back)."""
+        """Drop the acks no claim or dispute needs any more (rewards.needless_acks, the CPython
+        agent's rule: in an accepted claim, acked by the newest kept close, and not the best
+        ack by any kept close), then the accepted claims none of whose acks is left (their seqs
+        never come back)."""
+        from edge_agent.core.rewards import needless_acks
+
         accepted = [(f, l) for f, l, end in self.claim_files() if end == ".ok"]
         heads = self._ack_heads()
-        keep = []
-        for closed in closings:
-            best = None
-            for h in heads:
-                if h[3] <= closed and (best is None or (h[2], h[0]) > (best[2], best[0])):
-                    best = h
-            if best is not None:
-                keep.append(best[0])
-        newest = max(closings) if closings else -1
+        doomed = set(needless_acks([(h[0], h[2], h[3], _within(h[0], accepted))
+                                    for h in heads], closings))
         left = []
-        for seq, _, _, at, name in heads:
-            if at <= newest and seq not in keep and _within(seq, accepted):
-                _remove(self._path("acks", name))
+        for h in heads:
+            if h[0] in doomed:
+                _remove(self._path("acks", h[4]))
             else:
-                left.append(seq)
+                left.append(h[0])
         for first, last in accepted:
             if not [seq for seq in left if first <= seq <= last]:
                 _remove(self._claim_path(first, last, ".ok"))
