@@ -150,7 +150,8 @@ from edge_board.config import Config
 print(Config({{"agent": {{"claim_batch": 256}}}}).claim_batch)
 for doc in ({{"agent": {{"claim_batch": 0}}}}, {{"agent": {{"claim_batch": 257}}}},
             {{"agent": {{"claim_batch": "32"}}}}, {{"agent": {{"clam_batch": 3}}}},
-            {{"hall": {{}}}}):
+            {{"hall": {{}}}}, {{"agent": {{"claim_quiet_s": "2"}}}},
+            {{"agent": {{"claim_resend_s": -1}}}}):
     try:
         Config(doc)
     except ValueError as e:
@@ -161,7 +162,9 @@ for doc in ({{"agent": {{"claim_batch": 0}}}}, {{"agent": {{"claim_batch": 257}}
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "256", *["edge.json agent.claim_batch: 1 to 256 acks"] * 3,
-        "edge.json agent.clam_batch: unknown setting", "edge.json: unknown section 'hall'"]
+        "edge.json agent.clam_batch: unknown setting", "edge.json: unknown section 'hall'",
+        "edge.json agent.claim_quiet_s: seconds, 0 or more",
+        "edge.json agent.claim_resend_s: seconds, 0 or more"]
 
 
 # -- the gateway and the board ---------------------------------------------------------------
