@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_agent import kernels
 from edge_agent.claims import Claims
-from edge_agent.core import blobs, protocol
+from edge_agent.core import blobs, leases, protocol
 from edge_agent.core.governor import PAUSE, RUN, STOP, Decision, Governor
 from edge_agent.devices import Device
 from edge_agent.identity import StateDir
@@ -213,15 +213,9 @@ class Agent:
             await self._run_task(task)
 
     def _next_task(self) -> Task | None:
-        now = int(time.time())
-        for queue in (self._held, self._pending):
-            queue.sort(key=lambda t: t.deadline)
-            while queue:
-                task = queue.pop(0)
-                if task.deadline > now:
-                    return task
-                self._drop(task, "lease_expired")
-        return None
+        task: Task | None = leases.next_live((self._held, self._pending), int(time.time()),
+                                             lambda t: self._drop(t, "lease_expired"))
+        return task
 
     def _drop(self, task: Task, code: str) -> None:
         self.store.drop_checkpoint(task.lease_id)

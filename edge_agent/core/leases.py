@@ -25,3 +25,17 @@ def check(sealed, gateway_pub, verify, *, device_id, now, kernels):
     except blobs.BlobError as e:
         raise protocol.ProtocolError("bad_params", str(e)) from None
     return body
+
+
+def next_live(queues, now, drop):
+    """Pop the task to run next: from the first of `queues` that has one alive (held tasks
+    before pending ones), the one whose deadline comes first. Each expired task met on the way
+    is popped and handed to `drop`. None when no task is left alive."""
+    for queue in queues:
+        queue.sort(key=lambda t: t.deadline)
+        while queue:
+            task = queue.pop(0)
+            if task.deadline > now:
+                return task
+            drop(task)
+    return None

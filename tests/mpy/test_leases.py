@@ -42,3 +42,24 @@ def test_each_refusal_names_its_reason():
     assert refusal(sealed_lease(), now=NOW + 600) == "lease_expired"
     assert refusal(sealed_lease(params={"w": {"blob": b"short"}})) == "bad_params"
     assert check(sealed_lease(params={"w": {"blob": b"\x01" * 32}}))["params"]["w"]["blob"]
+
+
+class Held:
+    def __init__(self, name, deadline):
+        self.name = name
+        self.deadline = deadline
+
+
+def test_next_live_takes_held_first_earliest_deadline_and_drops_the_expired_on_the_way():
+    held = [Held("h-late", NOW + 90), Held("h-dead", NOW), Held("h-soon", NOW + 30)]
+    pending = [Held("p-soon", NOW + 5), Held("p-dead", NOW - 1)]
+    dropped = []
+    order = []
+    while True:
+        task = leases.next_live((held, pending), NOW, lambda t: dropped.append(t.name))
+        if task is None:
+            break
+        order.append(task.name)
+    assert order == ["h-soon", "h-late", "p-soon"]
+    assert dropped == ["h-dead", "p-dead"]
+    assert held == [] and pending == []

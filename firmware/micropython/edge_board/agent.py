@@ -227,15 +227,8 @@ class Agent:
         return self.store.knows_lease(lease_id)
 
     def _next_task(self):
-        now = device.unix_time()
-        for queue in (self.held, self.pending):
-            queue.sort(key=lambda t: t.deadline)
-            while queue:
-                task = queue.pop(0)
-                if task.deadline > now:
-                    return task
-                self._drop(task, "lease_expired")
-        return None
+        return leases.next_live((self.held, self.pending), device.unix_time(),
+                                lambda t: self._drop(t, "lease_expired"))
 
     def _drop(self, task, code):
         self.store.drop_checkpoint(task.lease_id)
